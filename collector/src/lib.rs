@@ -1,0 +1,11 @@
+//! scalewise-collector: the diagnosis engine shared by the agent and the collector server.
+//!
+//! [`budget`] holds the counters that travel (request-seconds per component), [`engine`] turns a
+//! window of them into a verdict. Both are pure so the agent's one-shot `diagnose` and the
+//! collector reach the same answer from the same numbers.
+
+pub mod budget;
+pub mod engine;
+
+pub use budget::{Budget, DependencyTime, RequestSource};
+pub use engine::{diagnose, Diagnosis, Thresholds, Verdict};
