@@ -1,0 +1,315 @@
+//! Requests in flight and time awaiting each dependency, from the service's TCP connections.
+//!
+//! Each round dumps the TCP sockets (see [`crate::sockdiag`]) and decides, per connection,
+//! whether a request is outstanding on it at this instant:
+//! - inbound (accepted on one of the service's listening ports): the peer's request arrived after
+//!   our last response (`last_data_recv` newer than `last_data_sent`), or its bytes sit unread;
+//!   connections still in the accept queue with data count too (queueing is request time);
+//! - outbound: our request went out after the last response came back.
+//!
+//! Summed over rounds and weighted by the time between them, these give mean in-flight requests
+//! (`R`) and request-seconds per dependency. `tcp_info` times have kernel-tick resolution, so an
+//! exchange inside one tick ties; ties are broken, in order, by: no data having moved since the
+//! last round (the state cannot have changed), a thread of the service blocked reading that very
+//! socket (it awaits the peer), and otherwise counted as half and reported as ambiguous.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+
+use crate::sockdiag::{SockDiag, SockDiagError, TcpInfo, TcpSocket, TCP_ESTABLISHED, TCP_LISTEN};
+
+/// Which of the two sides spoke last.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LastData {
+    Sent,
+    Received,
+    Tie,
+}
+
+pub fn last_data(info: &TcpInfo) -> LastData {
+    use std::cmp::Ordering::*;
+    // The fields are "milliseconds ago": smaller is more recent.
+    match info.last_data_sent_ms.cmp(&info.last_data_recv_ms) {
+        Less => LastData::Sent,
+        Greater => LastData::Received,
+        Equal => LastData::Tie,
+    }
+}
+
+/// Answers, for one round, whether a thread of the service is blocked reading a socket.
+pub trait ThreadOracle {
+    /// `Some(true)`: a thread is blocked reading this socket inode. `None`: cannot tell.
+    fn blocked_reading(&mut self, inode: u64) -> Option<bool>;
+}
+
+/// The decision for one connection in one round: 1.0 outstanding, 0.0 not, 0.5 unknown.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Decision {
+    pub value: f64,
+    pub ambiguous: bool,
+}
+
+/// Decides whether a request is outstanding on one connection. `awaiting_peer` is the direction:
+/// true for outbound (we wait for the peer's response), false for inbound (the peer waits for ours).
+pub fn decide(
+    inbound: bool,
+    sock: &TcpSocket,
+    info: &TcpInfo,
+    prev: Option<(&TcpInfo, f64)>,
+    oracle: &mut dyn ThreadOracle,
+) -> Decision {
+    let yes = Decision {
+        value: 1.0,
+        ambiguous: false,
+    };
+    let no = Decision {
+        value: 0.0,
+        ambiguous: false,
+    };
+    // Unread bytes are the strongest sign: inbound, a request waits for us; outbound, a
+    // response has arrived and the service has not got round to it (its own delay, not the peer's).
+    if sock.rqueue > 0 {
+        return if inbound { yes } else { no };
+    }
+    let outstanding = |peer_spoke_last: bool| {
+        if inbound == peer_spoke_last {
+            yes
+        } else {
+            no
+        }
+    };
+    match last_data(info) {
+        LastData::Received => outstanding(true),
+        LastData::Sent => outstanding(false),
+        LastData::Tie => {
+            if let Some((p, v)) = prev {
+                if p.bytes_acked == info.bytes_acked
+                    && p.bytes_received == info.bytes_received
+                    && p.data_segs_in == info.data_segs_in
+                    && p.data_segs_out == info.data_segs_out
+                {
+                    return Decision {
+                        value: v,
+                        ambiguous: false,
+                    };
+                }
+            } else if info.last_data_sent_ms >= 1000 {
+                // First sight of a connection quiet for a second or more: idle.
+                return no;
+            }
+            // A thread blocked reading the socket waits for the peer to speak.
+            if sock.inode != 0 && oracle.blocked_reading(sock.inode) == Some(true) {
+                return outstanding(false);
+            }
+            Decision {
+                value: 0.5,
+                ambiguous: true,
+            }
+        }
+    }
+}
+
+struct Conn {
+    inbound: bool,
+    info: TcpInfo,
+    value: f64,
+    round: u64,
+}
+
+/// What one round found, to be weighted by the time since the previous round.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Round {
+    pub in_flight: f64,
+    /// Requests that arrived since the previous round (inbound data segments).
+    pub new_requests: f64,
+    /// Outstanding requests per dependency endpoint.
+    pub awaiting: Vec<(SocketAddr, f64)>,
+    pub samples: u64,
+    pub ambiguous: u64,
+    pub inbound_conns: usize,
+    pub outbound_conns: usize,
+}
+
+pub struct SocketSampler {
+    diag: SockDiag,
+    socks: Vec<TcpSocket>,
+    pub listen_ports: HashSet<u16>,
+    conns: HashMap<(SocketAddr, SocketAddr), Conn>,
+    round: u64,
+}
+
+impl SocketSampler {
+    pub fn new() -> Result<SocketSampler, SockDiagError> {
+        Ok(SocketSampler {
+            diag: SockDiag::open()?,
+            socks: Vec::with_capacity(1024),
+            listen_ports: HashSet::new(),
+            conns: HashMap::new(),
+            round: 0,
+        })
+    }
+
+    /// One round. `owned(inode)` says whether a socket belongs to the service's processes.
+    pub fn sample(
+        &mut self,
+        owned: &dyn Fn(u64) -> bool,
+        oracle: &mut dyn ThreadOracle,
+    ) -> Result<Round, SockDiagError> {
+        self.diag.dump(&mut self.socks)?;
+        self.round += 1;
+        let first_round = self.round == 1;
+        for s in &self.socks {
+            if s.state == TCP_LISTEN && owned(s.inode) {
+                self.listen_ports.insert(s.local.port());
+            }
+        }
+        let mut out = Round::default();
+        let mut awaiting: HashMap<SocketAddr, f64> = HashMap::new();
+        for s in &self.socks {
+            if s.state == TCP_LISTEN {
+                continue;
+            }
+            let Some(info) = s.info else { continue };
+            // Inbound by port: accepted sockets of our listener are ours even before the next fd
+            // scan has seen them, and unaccepted ones (inode 0) have no owner yet. No other
+            // socket of this network namespace can have our listening port as its local port.
+            let inbound = self.listen_ports.contains(&s.local.port());
+            if !inbound && !(s.inode != 0 && owned(s.inode)) {
+                continue;
+            }
+            if inbound && s.inode == 0 && s.state != TCP_ESTABLISHED {
+                continue;
+            }
+            let key = (s.local, s.remote);
+            let prev = self
+                .conns
+                .get(&key)
+                .filter(|c| c.inbound == inbound)
+                .map(|c| (&c.info, c.value));
+            let d = decide(inbound, s, &info, prev, oracle);
+            out.samples += 1;
+            if d.ambiguous {
+                out.ambiguous += 1;
+            }
+            if inbound {
+                out.inbound_conns += 1;
+                out.in_flight += d.value;
+                out.new_requests += match self.conns.get(&key) {
+                    Some(c) => info.data_segs_in.saturating_sub(c.info.data_segs_in) as f64,
+                    // A connection first seen after the first round was opened inside the window.
+                    None if !first_round => info.data_segs_in as f64,
+                    None => 0.0,
+                };
+            } else {
+                out.outbound_conns += 1;
+                *awaiting.entry(s.remote).or_default() += d.value;
+            }
+            self.conns.insert(
+                key,
+                Conn {
+                    inbound,
+                    info,
+                    value: d.value,
+                    round: self.round,
+                },
+            );
+        }
+        let round = self.round;
+        self.conns.retain(|_, c| c.round == round);
+        out.awaiting = awaiting.into_iter().collect();
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Knows(Option<bool>);
+    impl ThreadOracle for Knows {
+        fn blocked_reading(&mut self, _: u64) -> Option<bool> {
+            self.0
+        }
+    }
+
+    fn sock(rqueue: u32) -> TcpSocket {
+        TcpSocket {
+            state: TCP_ESTABLISHED,
+            local: "127.0.0.1:40000".parse().expect("addr"),
+            remote: "127.0.0.1:5432".parse().expect("addr"),
+            inode: 9,
+            uid: 0,
+            rqueue,
+            wqueue: 0,
+            info: None,
+        }
+    }
+
+    fn info(sent: u32, recv: u32, bytes: u64) -> TcpInfo {
+        TcpInfo {
+            last_data_sent_ms: sent,
+            last_data_recv_ms: recv,
+            bytes_acked: bytes,
+            bytes_received: bytes,
+            ..TcpInfo::default()
+        }
+    }
+
+    #[test]
+    fn ordering_decides_both_directions() {
+        let mut o = Knows(None);
+        // We sent 4 ms ago, last heard 20 ms ago: outbound awaits, inbound (peer waits) does not.
+        let i = info(4, 20, 1);
+        assert_eq!(decide(false, &sock(0), &i, None, &mut o).value, 1.0);
+        assert_eq!(decide(true, &sock(0), &i, None, &mut o).value, 0.0);
+        let i = info(20, 4, 1);
+        assert_eq!(decide(false, &sock(0), &i, None, &mut o).value, 0.0);
+        assert_eq!(decide(true, &sock(0), &i, None, &mut o).value, 1.0);
+    }
+
+    #[test]
+    fn unread_bytes_win() {
+        let mut o = Knows(None);
+        let i = info(4, 20, 1);
+        assert_eq!(decide(false, &sock(10), &i, None, &mut o).value, 0.0);
+        assert_eq!(decide(true, &sock(10), &i, None, &mut o).value, 1.0);
+    }
+
+    #[test]
+    fn ties_carry_then_ask_threads_then_count_half() {
+        let tie = info(4, 4, 100);
+        // No data moved since the previous round: the state carries.
+        let prev = info(4, 4, 100);
+        let d = decide(false, &sock(0), &tie, Some((&prev, 1.0)), &mut Knows(None));
+        assert_eq!((d.value, d.ambiguous), (1.0, false));
+        // Data moved: a thread blocked reading the socket means outbound awaits.
+        let moved = info(0, 0, 50);
+        let d = decide(
+            false,
+            &sock(0),
+            &tie,
+            Some((&moved, 0.0)),
+            &mut Knows(Some(true)),
+        );
+        assert_eq!(d.value, 1.0);
+        let d = decide(
+            true,
+            &sock(0),
+            &tie,
+            Some((&moved, 1.0)),
+            &mut Knows(Some(true)),
+        );
+        assert_eq!(d.value, 0.0, "a thread reading an inbound socket is idle");
+        let d = decide(false, &sock(0), &tie, Some((&moved, 0.0)), &mut Knows(None));
+        assert_eq!((d.value, d.ambiguous), (0.5, true));
+        // First sight of a long-quiet connection: idle.
+        let d = decide(
+            false,
+            &sock(0),
+            &info(5000, 5000, 1),
+            None,
+            &mut Knows(None),
+        );
+        assert_eq!(d.value, 0.0);
+    }
+}

@@ -1,0 +1,435 @@
+//! Per-thread CPU time, run-queue delay and blocking state of one process.
+//!
+//! `schedstat` gives exact nanoseconds on CPU and waiting on a run queue; the files are opened once
+//! per thread and re-read at offset 0 (about 1 us each). `syscall` says what a blocked thread is
+//! blocked in (a socket read, poll, a futex, epoll) and is sampled less often, on demand. Threads
+//! appearing and exiting are the normal life of a process: an exited thread's last counters stay
+//! in the totals, and the process's own `stat` covers what exited between two reads.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+
+use crate::procfs::{parse_schedstat, parse_syscall, Schedstat, SyscallState};
+
+/// Threads of managed runtimes that run the garbage collector. Their CPU is kept apart: a
+/// concurrent collector's work is not on any request's path, and a stop-the-world pause is
+/// counted as a pause, not as the collector's CPU.
+pub fn is_gc_thread(name: &str) -> bool {
+    const PREFIXES: [&str; 10] = [
+        "GC Thread",
+        "G1 ",
+        "VM Thread",
+        "ZWorker",
+        "ZDriver",
+        "ZDirector",
+        "Shenandoah",
+        "GC task",
+        ".NET Server GC",
+        ".NET BGC",
+    ];
+    PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+struct Thread {
+    schedstat: Option<File>,
+    syscall: Option<File>,
+    name: String,
+    gc: bool,
+    base: Schedstat,
+    last: Schedstat,
+}
+
+/// Counters summed over the process's threads since the table was created.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ThreadTotals {
+    pub app_cpu_ns: u64,
+    pub gc_cpu_ns: u64,
+    pub app_delay_ns: u64,
+    /// The thread with the most CPU + run-queue time, and that time.
+    pub busiest: Option<(String, u64)>,
+    pub live_threads: usize,
+}
+
+/// A blocked thread's state, as far as the agent cares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Blocked {
+    /// Waiting for data on file descriptor `fd` (read, recv).
+    Reading {
+        fd: i32,
+    },
+    /// In poll/ppoll: the fds are in the caller's memory at `pollfds` (`nfds` entries).
+    Polling {
+        pollfds: u64,
+        nfds: u64,
+    },
+    /// Waiting in epoll: an event loop between events.
+    Epoll,
+    /// On a futex: a lock, a condition variable, a parked pool thread.
+    Futex,
+    Sleeping,
+    Accepting,
+    Other,
+}
+
+#[cfg(target_arch = "x86_64")]
+mod nr {
+    pub const READ: &[i64] = &[0, 19, 17, 45, 47, 299];
+    pub const POLL: &[i64] = &[7, 271];
+    pub const EPOLL: &[i64] = &[232, 281, 441, 23, 270, 426];
+    pub const FUTEX: &[i64] = &[202, 449];
+    pub const SLEEP: &[i64] = &[35, 230];
+    pub const ACCEPT: &[i64] = &[43, 288];
+}
+#[cfg(target_arch = "aarch64")]
+mod nr {
+    pub const READ: &[i64] = &[63, 65, 67, 207, 212, 243];
+    pub const POLL: &[i64] = &[73];
+    pub const EPOLL: &[i64] = &[22, 441, 72, 426];
+    pub const FUTEX: &[i64] = &[98, 449];
+    pub const SLEEP: &[i64] = &[101, 115];
+    pub const ACCEPT: &[i64] = &[202, 242];
+}
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+mod nr {
+    pub const READ: &[i64] = &[];
+    pub const POLL: &[i64] = &[];
+    pub const EPOLL: &[i64] = &[];
+    pub const FUTEX: &[i64] = &[];
+    pub const SLEEP: &[i64] = &[];
+    pub const ACCEPT: &[i64] = &[];
+}
+
+/// Classifies a `syscall` sample; `None` means on CPU or runnable.
+pub fn classify(state: SyscallState) -> Option<Blocked> {
+    match state {
+        SyscallState::Running => None,
+        SyscallState::BlockedNoSyscall => Some(Blocked::Other),
+        SyscallState::InSyscall { nr: n, args } => Some(if nr::READ.contains(&n) {
+            Blocked::Reading { fd: args[0] as i32 }
+        } else if nr::POLL.contains(&n) {
+            Blocked::Polling {
+                pollfds: args[0],
+                nfds: args[1],
+            }
+        } else if nr::EPOLL.contains(&n) {
+            Blocked::Epoll
+        } else if nr::FUTEX.contains(&n) {
+            Blocked::Futex
+        } else if nr::SLEEP.contains(&n) {
+            Blocked::Sleeping
+        } else if nr::ACCEPT.contains(&n) {
+            Blocked::Accepting
+        } else {
+            Blocked::Other
+        }),
+    }
+}
+
+/// Errors are counted by kind and never stop sampling.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ThreadErrors {
+    pub permission_denied: u64,
+    pub malformed: u64,
+}
+
+pub struct ThreadTable {
+    task_dir: PathBuf,
+    threads: HashMap<u32, Thread>,
+    exited: ThreadTotals,
+    buf: Vec<u8>,
+    started: bool,
+    /// `syscall` needs ptrace access (CAP_SYS_PTRACE or same uid without Yama restrictions).
+    pub syscall_denied: bool,
+    pub errors: ThreadErrors,
+}
+
+fn read_at0(f: &File, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    buf.resize(256, 0);
+    f.read_at(buf, 0)
+}
+
+impl ThreadTable {
+    pub fn new(proc_root: &std::path::Path, pid: u32) -> ThreadTable {
+        ThreadTable {
+            task_dir: proc_root.join(pid.to_string()).join("task"),
+            threads: HashMap::new(),
+            exited: ThreadTotals::default(),
+            buf: Vec::with_capacity(256),
+            started: false,
+            syscall_denied: false,
+            errors: ThreadErrors::default(),
+        }
+    }
+
+    /// Picks up new threads. Returns false when the process is gone.
+    pub fn refresh(&mut self) -> bool {
+        let Ok(dir) = std::fs::read_dir(&self.task_dir) else {
+            return false;
+        };
+        for entry in dir.flatten() {
+            let Some(tid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if self.threads.contains_key(&tid) {
+                continue;
+            }
+            let path = entry.path();
+            let name = std::fs::read(path.join("comm"))
+                .map(|b| String::from_utf8_lossy(&b).trim_end().to_string())
+                .unwrap_or_default();
+            let schedstat = match File::open(path.join("schedstat")) {
+                Ok(f) => Some(f),
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                    self.errors.permission_denied += 1;
+                    None
+                }
+                Err(_) => continue, // exited between readdir and open
+            };
+            // Threads present when sampling starts count from their current values; threads born
+            // later count from zero, since all their time falls inside the window.
+            let mut base = Schedstat::default();
+            if !self.started {
+                if let Some(f) = &schedstat {
+                    if let Ok(n) = read_at0(f, &mut self.buf) {
+                        base = parse_schedstat(&self.buf[..n]).unwrap_or_default();
+                    }
+                }
+            }
+            let gc = is_gc_thread(&name);
+            self.threads.insert(
+                tid,
+                Thread {
+                    schedstat,
+                    syscall: None,
+                    name,
+                    gc,
+                    base,
+                    last: base,
+                },
+            );
+        }
+        self.started = true;
+        true
+    }
+
+    /// Re-reads every thread's schedstat and returns the totals since the table was created.
+    pub fn read_schedstat(&mut self) -> ThreadTotals {
+        let mut gone = Vec::new();
+        for (tid, t) in self.threads.iter_mut() {
+            let Some(f) = &t.schedstat else { continue };
+            match read_at0(f, &mut self.buf) {
+                Ok(n) if n > 0 => match parse_schedstat(&self.buf[..n]) {
+                    // Counters only grow; a smaller value is a new thread that reused the tid.
+                    Ok(s) if s.on_cpu_ns >= t.last.on_cpu_ns => t.last = s,
+                    Ok(_) => gone.push(*tid),
+                    Err(_) => self.errors.malformed += 1,
+                },
+                _ => gone.push(*tid), // ESRCH: the thread exited; its last reading stands
+            }
+        }
+        for tid in gone {
+            if let Some(t) = self.threads.remove(&tid) {
+                let cpu = t.last.on_cpu_ns.saturating_sub(t.base.on_cpu_ns);
+                if t.gc {
+                    self.exited.gc_cpu_ns += cpu;
+                } else {
+                    self.exited.app_cpu_ns += cpu;
+                    self.exited.app_delay_ns +=
+                        t.last.run_delay_ns.saturating_sub(t.base.run_delay_ns);
+                }
+            }
+        }
+        let mut totals = self.exited.clone();
+        for t in self.threads.values() {
+            let cpu = t.last.on_cpu_ns.saturating_sub(t.base.on_cpu_ns);
+            let delay = t.last.run_delay_ns.saturating_sub(t.base.run_delay_ns);
+            if t.gc {
+                totals.gc_cpu_ns += cpu;
+            } else {
+                totals.app_cpu_ns += cpu;
+                totals.app_delay_ns += delay;
+            }
+            if totals
+                .busiest
+                .as_ref()
+                .map_or(true, |(_, b)| cpu + delay > *b)
+            {
+                totals.busiest = Some((t.name.clone(), cpu + delay));
+            }
+        }
+        totals.live_threads = self.threads.len();
+        totals
+    }
+
+    /// Samples what every application thread is blocked in. `out` gets (tid, state) with `None`
+    /// for a thread on CPU or runnable. Does nothing once access has been denied.
+    pub fn sample_states(&mut self, out: &mut Vec<(u32, Option<Blocked>)>) {
+        out.clear();
+        if self.syscall_denied {
+            return;
+        }
+        for (tid, t) in self.threads.iter_mut() {
+            if t.gc {
+                continue;
+            }
+            if t.syscall.is_none() {
+                match File::open(self.task_dir.join(tid.to_string()).join("syscall")) {
+                    Ok(f) => t.syscall = Some(f),
+                    Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                        self.syscall_denied = true;
+                        self.errors.permission_denied += 1;
+                        out.clear();
+                        return;
+                    }
+                    Err(_) => continue,
+                }
+            }
+            let Some(f) = &t.syscall else { continue };
+            match read_at0(f, &mut self.buf) {
+                Ok(n) if n > 0 => match parse_syscall(&self.buf[..n]) {
+                    Ok(s) => out.push((*tid, classify(s))),
+                    Err(_) => self.errors.malformed += 1,
+                },
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                    // Opening can succeed where reading is refused (the ptrace check is on read).
+                    self.syscall_denied = true;
+                    self.errors.permission_denied += 1;
+                    out.clear();
+                    return;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    pub fn thread_count(&self) -> usize {
+        self.threads.len()
+    }
+}
+
+/// Reads the fds in a blocked poll's `pollfd` array from the target's memory (needs the same
+/// ptrace access as `syscall`). At most 64 entries: a larger poll set is an event loop, which
+/// the socket signal handles.
+pub fn read_pollfds(pid: u32, addr: u64, nfds: u64, out: &mut Vec<i32>) -> bool {
+    out.clear();
+    let n = nfds.min(64) as usize;
+    if n == 0 || addr == 0 {
+        return false;
+    }
+    let mut raw = [0u8; 64 * 8];
+    let local = libc::iovec {
+        iov_base: raw.as_mut_ptr().cast(),
+        iov_len: n * 8,
+    };
+    let remote = libc::iovec {
+        iov_base: addr as *mut libc::c_void,
+        iov_len: n * 8,
+    };
+    // SAFETY: the local iovec points into `raw`, sized for n entries; the remote address is only
+    // dereferenced by the kernel, which checks it against the target's address space.
+    let got = unsafe { libc::process_vm_readv(pid as libc::pid_t, &local, 1, &remote, 1, 0) };
+    if got != (n * 8) as isize {
+        return false;
+    }
+    for chunk in raw[..n * 8].chunks_exact(8) {
+        let fd = i32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        let events = i16::from_ne_bytes([chunk[4], chunk[5]]);
+        if fd >= 0 && events & libc::POLLIN != 0 {
+            out.push(fd);
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gc_thread_names() {
+        for n in [
+            "GC Thread#0",
+            "G1 Conc#0",
+            "G1 Refine#0",
+            "VM Thread",
+            "ZWorker#1",
+        ] {
+            assert!(is_gc_thread(n), "{n}");
+        }
+        for n in [
+            "main",
+            "http-nio-8080",
+            "C2 CompilerThread0",
+            "tokio-runtime-w",
+        ] {
+            assert!(!is_gc_thread(n), "{n}");
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn classifies_blocking_syscalls() {
+        let s = |nr, a0, a1| SyscallState::InSyscall {
+            nr,
+            args: [a0, a1, 0, 0, 0, 0],
+        };
+        assert_eq!(classify(SyscallState::Running), None);
+        assert_eq!(classify(s(0, 7, 0)), Some(Blocked::Reading { fd: 7 }));
+        assert_eq!(classify(s(45, 9, 0)), Some(Blocked::Reading { fd: 9 }));
+        assert_eq!(
+            classify(s(7, 0x1000, 2)),
+            Some(Blocked::Polling {
+                pollfds: 0x1000,
+                nfds: 2
+            })
+        );
+        assert_eq!(classify(s(202, 0, 0)), Some(Blocked::Futex));
+        assert_eq!(classify(s(232, 0, 0)), Some(Blocked::Epoll));
+        assert_eq!(classify(s(999, 0, 0)), Some(Blocked::Other));
+    }
+
+    #[test]
+    fn reads_own_threads_and_sees_a_blocked_socket_read() {
+        use std::io::Read;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let reader = std::thread::Builder::new()
+            .name("sw-test-reader".into())
+            .spawn(move || {
+                let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+                let mut b = [0u8; 1];
+                let _ = s.read(&mut b);
+            })
+            .expect("spawn");
+        let (mut server, _) = listener.accept().expect("accept");
+        let mut table = ThreadTable::new(std::path::Path::new("/proc"), std::process::id());
+        assert!(table.refresh());
+        assert!(table.thread_count() >= 2);
+        let mut states = Vec::new();
+        let mut seen = false;
+        for _ in 0..200 {
+            table.sample_states(&mut states);
+            if table.syscall_denied {
+                break; // no ptrace access in this environment: nothing more to check
+            }
+            seen = states
+                .iter()
+                .any(|(_, s)| matches!(s, Some(Blocked::Reading { .. })));
+            if seen {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(seen || table.syscall_denied);
+        let t = table.read_schedstat();
+        assert!(t.app_cpu_ns > 0 || t.live_threads > 0);
+        std::io::Write::write_all(&mut server, b"x").expect("write");
+        reader.join().expect("join");
+    }
+}
