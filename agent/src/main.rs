@@ -1,0 +1,178 @@
+//! The `scalewise-agent` binary: parses flags, sets up logging, runs a command from the library.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use scalewise_agent::deps::DependencySpec;
+use scalewise_agent::gc::GcOptions;
+use scalewise_agent::session::SessionConfig;
+use scalewise_collector::engine::Thresholds;
+
+/// Where does a service's request time go, and what kind of scale is it limited by?
+///
+/// scalewise samples running processes without code changes: CPU time and run-queue delay per
+/// thread (schedstat), what blocked threads wait on (/proc/TID/syscall), each TCP connection's
+/// last exchange (NETLINK_SOCK_DIAG tcp_info), cgroup CPU limits and GC pauses. From these it
+/// builds a request time budget (cpu, gc, cpu_wait, downstream, local_wait) and a verdict:
+/// scale_up (CPU-bound), scale_out (waiting in-process with CPU to spare), dependency (waiting on
+/// downstream) or insufficient_data.
+///
+/// Permissions: run as the service's user, or with CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH.
+/// In Kubernetes, run as a sidecar with shareProcessNamespace: true.
+#[derive(Parser, Debug)]
+#[command(name = "scalewise-agent", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+    /// Log filter (tracing EnvFilter syntax), also read from RUST_LOG.
+    #[arg(long, global = true, env = "RUST_LOG", default_value = "warn")]
+    log: String,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum Format {
+    /// A readable table with bars and evidence.
+    Text,
+    /// The JSON document of the diagnose contract (docs/ARCHITECTURE.md).
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Sample a running service for a while and print where its request time goes.
+    ///
+    /// Example: scalewise-agent diagnose --pid 1234 --duration 20
+    Diagnose {
+        /// A process of the service; repeat for a service made of several processes.
+        #[arg(long = "pid", required = true, value_name = "PID")]
+        pids: Vec<u32>,
+        /// Service name in the report (default: the first process's command name).
+        #[arg(long)]
+        service: Option<String>,
+        /// How long to sample, in seconds. Longer windows give more confident answers.
+        #[arg(long, default_value_t = 20.0, value_name = "SECONDS")]
+        duration: f64,
+        /// Name a downstream endpoint: ADDR:PORT=NAME[:KIND], e.g. 10.0.0.5:5432=orders-db.
+        #[arg(long = "dependency", value_name = "ADDR:PORT=NAME")]
+        dependencies: Vec<DependencySpec>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+        /// The service's Prometheus endpoint, read for GC metrics (go_gc_duration_seconds,
+        /// jvm_gc_pause_seconds, nodejs_gc_duration_seconds, ...), e.g. http://127.0.0.1:9100/metrics.
+        #[arg(long, value_name = "URL")]
+        metrics_url: Option<String>,
+        /// A Go service's expvar endpoint (http://HOST:PORT/debug/vars), read at most every 30 s
+        /// because it stops the world. Opt-in.
+        #[arg(long, value_name = "URL")]
+        expvar_url: Option<String>,
+        /// Socket sampling interval in milliseconds.
+        #[arg(long, default_value_t = 100, value_name = "MS")]
+        sample_interval_ms: u64,
+        /// Do not print progress on stderr.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Start sample services (CPU-bound, slow downstream, lock-contended), load them, diagnose
+    /// each and compare with the ground truth they record about themselves.
+    Demo {
+        /// Seconds of sampling per sample service.
+        #[arg(long, default_value_t = 6.0, value_name = "SECONDS")]
+        duration: f64,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+}
+
+fn seconds(s: f64) -> anyhow::Result<Duration> {
+    if !(s.is_finite() && s > 0.0 && s <= 86_400.0) {
+        anyhow::bail!("--duration must be between 0 and 86400 seconds, got {s}");
+    }
+    Ok(Duration::from_secs_f64(s))
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Cmd::Diagnose {
+            pids,
+            service,
+            duration,
+            dependencies,
+            format,
+            metrics_url,
+            expvar_url,
+            sample_interval_ms,
+            quiet,
+        } => {
+            let duration = seconds(duration)?;
+            if !(10..=10_000).contains(&sample_interval_ms) {
+                anyhow::bail!("--sample-interval-ms must be between 10 and 10000");
+            }
+            let mut cfg = SessionConfig::new(pids);
+            cfg.sample_interval = Duration::from_millis(sample_interval_ms);
+            cfg.dependencies = dependencies;
+            cfg.gc = GcOptions {
+                metrics_url,
+                expvar_url,
+                ..GcOptions::default()
+            };
+            let report = scalewise_agent::diagnose::run(
+                cfg,
+                service,
+                duration,
+                &Thresholds::default(),
+                &mut |line| {
+                    if !quiet {
+                        eprintln!("{line}");
+                    }
+                },
+            )?;
+            match format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                Format::Text => {
+                    for d in &report.services {
+                        println!("{}", scalewise_agent::render::text(d));
+                    }
+                }
+            }
+        }
+        Cmd::Demo { duration, format } => {
+            let duration = seconds(duration)?;
+            let cases = scalewise_agent::demo::run(duration, &mut |line| eprintln!("{line}"))?;
+            match format {
+                Format::Json => {
+                    let services: Vec<_> = cases.iter().map(|c| &c.diagnosis).collect();
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&serde_json::json!({ "services": services }))?
+                    );
+                }
+                Format::Text => {
+                    for c in &cases {
+                        println!("{}", scalewise_agent::render::text(&c.diagnosis));
+                    }
+                    println!("{}", scalewise_agent::demo::summary(&cases));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,558 @@
+//! A sampling session: the samplers of one service's processes, run round by round, feeding one
+//! cumulative [`Budget`].
+//!
+//! Time is a parameter: [`Session::step`] takes `now`, so the loop that calls it (the one-shot
+//! `diagnose`, later the sidecar daemon) owns the clock and the sleeping. Each round is cheap
+//! (a socket dump and, only when ties need it, a thread-state sample); slower work (new threads,
+//! the fd table, schedstat, cgroup files, GC sources) runs at the discovery interval.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use scalewise_collector::{Budget, DependencyTime, RequestSource};
+use thiserror::Error;
+
+use crate::cgroup::{host_cores, CpuLimits};
+use crate::deps::{DependencyNames, DependencySpec};
+use crate::gc::{GcOptions, GcSemantics, GcSource};
+use crate::procfs::{parse_socket_link, parse_stat};
+use crate::sampler::sockets::{SocketSampler, ThreadOracle};
+use crate::sampler::threads::{read_pollfds, Blocked, ThreadTable};
+
+#[derive(Debug, Error)]
+pub enum SessionError {
+    #[error("no process with pid {0} (is it running, and in this PID namespace?)")]
+    UnknownPid(u32),
+    #[error("pid {pid}: cannot read {path}: {source}")]
+    Unreadable {
+        pid: u32,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("no pid given")]
+    NoPids,
+}
+
+/// How often each part samples. Defaults keep the agent under 1% of a core on a busy service
+/// (see BENCHMARKS.md).
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    pub pids: Vec<u32>,
+    pub proc_root: PathBuf,
+    pub sys_root: PathBuf,
+    /// Socket rounds: in-flight requests and dependency waits.
+    pub sample_interval: Duration,
+    /// New threads, fd table, schedstat, cgroup capacity, GC sources.
+    pub discovery_interval: Duration,
+    /// Thread-state sampling when no socket tie asked for it (lock-wait corroboration).
+    pub thread_state_interval: Duration,
+    pub dependencies: Vec<DependencySpec>,
+    pub gc: GcOptions,
+}
+
+impl SessionConfig {
+    pub fn new(pids: Vec<u32>) -> Self {
+        SessionConfig {
+            pids,
+            proc_root: PathBuf::from("/proc"),
+            sys_root: PathBuf::from("/sys"),
+            sample_interval: Duration::from_millis(100),
+            discovery_interval: Duration::from_secs(1),
+            thread_state_interval: Duration::from_millis(500),
+            dependencies: Vec::new(),
+            gc: GcOptions::default(),
+        }
+    }
+}
+
+struct Target {
+    pid: u32,
+    starttime: u64,
+    threads: ThreadTable,
+    limits: CpuLimits,
+    cgroup_key: String,
+    base_ticks: Option<u64>,
+    ticks: u64,
+    fds: HashMap<i32, u64>,
+    fds_denied: bool,
+    gc: Option<Box<dyn GcSource>>,
+    gc_last: Option<f64>,
+    alive: bool,
+}
+
+/// Counts of sampler errors by (sampler, kind): the numbers behind
+/// `scalewise_agent_sampler_errors_total`.
+pub type ErrorCounts = BTreeMap<(&'static str, &'static str), u64>;
+
+/// A short summary of the last round, for progress lines.
+#[derive(Clone, Debug, Default)]
+pub struct Progress {
+    pub threads: usize,
+    pub inbound: usize,
+    pub outbound: usize,
+    pub alive: usize,
+}
+
+pub struct Session {
+    cfg: SessionConfig,
+    targets: Vec<Target>,
+    sockets: Option<SocketSampler>,
+    names: DependencyNames,
+    budget: Budget,
+    inode_owner: HashMap<u64, (u32, i32)>,
+    host_cores: u32,
+    clock_ticks: f64,
+    last_step: Option<Instant>,
+    last_discovery: Option<Instant>,
+    last_thread_states: Option<Instant>,
+    gc_request_s_mark: f64,
+    gc_window_mark: f64,
+    throttled: HashMap<String, f64>,
+    pub errors: ErrorCounts,
+    pub progress: Progress,
+    notes: Vec<String>,
+}
+
+fn note(notes: &mut Vec<String>, text: String) {
+    if !notes.contains(&text) {
+        notes.push(text);
+    }
+}
+
+impl Session {
+    pub fn new(cfg: SessionConfig) -> Result<Session, SessionError> {
+        if cfg.pids.is_empty() {
+            return Err(SessionError::NoPids);
+        }
+        let mut notes = Vec::new();
+        let mut targets = Vec::new();
+        for &pid in &cfg.pids {
+            let dir = cfg.proc_root.join(pid.to_string());
+            let stat_path = dir.join("stat");
+            let stat = match std::fs::read(&stat_path) {
+                Ok(b) => b,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(SessionError::UnknownPid(pid))
+                }
+                Err(source) => {
+                    return Err(SessionError::Unreadable {
+                        pid,
+                        path: stat_path,
+                        source,
+                    })
+                }
+            };
+            let stat = parse_stat(&stat).map_err(|e| SessionError::Unreadable {
+                pid,
+                path: stat_path.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            })?;
+            let cgroup = std::fs::read(dir.join("cgroup")).unwrap_or_default();
+            let (gc, gc_notes) = crate::gc::detect(&cfg.proc_root, pid, &cfg.gc);
+            for n in gc_notes {
+                note(&mut notes, format!("pid {pid}: {n}"));
+            }
+            targets.push(Target {
+                pid,
+                starttime: stat.starttime,
+                threads: ThreadTable::new(&cfg.proc_root, pid),
+                limits: CpuLimits::resolve(&cfg.sys_root, &cgroup),
+                cgroup_key: String::from_utf8_lossy(&cgroup).into_owned(),
+                base_ticks: None,
+                ticks: 0,
+                fds: HashMap::new(),
+                fds_denied: false,
+                gc,
+                gc_last: None,
+                alive: true,
+            });
+        }
+        let sockets = match SocketSampler::new() {
+            Ok(s) => Some(s),
+            Err(e) => {
+                note(
+                    &mut notes,
+                    format!("socket sampling unavailable ({e}): no request or dependency signal"),
+                );
+                None
+            }
+        };
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        Ok(Session {
+            names: DependencyNames::new(&cfg.dependencies),
+            host_cores: host_cores(&cfg.sys_root),
+            clock_ticks: if hz > 0 { hz as f64 } else { 100.0 },
+            cfg,
+            targets,
+            sockets,
+            budget: Budget {
+                request_source: RequestSource::None,
+                ..Budget::default()
+            },
+            inode_owner: HashMap::new(),
+            last_step: None,
+            last_discovery: None,
+            last_thread_states: None,
+            gc_request_s_mark: 0.0,
+            gc_window_mark: 0.0,
+            throttled: HashMap::new(),
+            errors: ErrorCounts::new(),
+            progress: Progress::default(),
+            notes,
+        })
+    }
+
+    pub fn pids(&self) -> Vec<u32> {
+        self.targets.iter().map(|t| t.pid).collect()
+    }
+
+    /// True while at least one of the service's processes is alive.
+    pub fn any_alive(&self) -> bool {
+        self.targets.iter().any(|t| t.alive)
+    }
+
+    fn count(&mut self, sampler: &'static str, kind: &'static str) {
+        *self.errors.entry((sampler, kind)).or_default() += 1;
+    }
+
+    /// One sampling round at time `now`.
+    pub fn step(&mut self, now: Instant) {
+        let dt = self
+            .last_step
+            .map_or(0.0, |t| now.saturating_duration_since(t).as_secs_f64());
+        self.last_step = Some(now);
+        let discovery_due = self.last_discovery.map_or(true, |t| {
+            now.saturating_duration_since(t) >= self.cfg.discovery_interval
+        });
+        if discovery_due {
+            self.last_discovery = Some(now);
+            self.discover(now);
+        }
+        self.budget.window_s += dt;
+        if dt > 0.0 {
+            let mut capacity: HashMap<&str, f64> = HashMap::new();
+            for t in self.targets.iter().filter(|t| t.alive) {
+                capacity.insert(&t.cgroup_key, t.limits.read(self.host_cores).capacity_cores);
+            }
+            self.budget.capacity_core_s += capacity.values().sum::<f64>() * dt;
+        }
+        self.socket_round(now, dt);
+    }
+
+    fn socket_round(&mut self, now: Instant, dt: f64) {
+        let Some(mut sockets) = self.sockets.take() else {
+            return;
+        };
+        let owner = &self.inode_owner;
+        let owned = |inode: u64| inode != 0 && owner.contains_key(&inode);
+        let mut oracle = Oracle {
+            targets: &mut self.targets,
+            owner,
+            sampled: false,
+            reading: HashSet::new(),
+            futex_blocked: 0,
+            known_pids: HashSet::new(),
+            scratch: Vec::new(),
+            fds: Vec::new(),
+        };
+        let result = sockets.sample(&owned, &mut oracle);
+        // Lock-wait corroboration at its own pace, reusing a sample a tie already paid for.
+        let states_due = self.last_thread_states.map_or(true, |t| {
+            now.saturating_duration_since(t) >= self.cfg.thread_state_interval
+        });
+        if states_due || oracle.sampled {
+            if !oracle.sampled {
+                oracle.sample();
+            }
+            let interval = self
+                .last_thread_states
+                .map_or(0.0, |t| now.saturating_duration_since(t).as_secs_f64());
+            self.budget.blocked_lock_s += oracle.futex_blocked as f64 * interval;
+            self.last_thread_states = Some(now);
+        }
+        match result {
+            Ok(round) => {
+                if !sockets.listen_ports.is_empty() {
+                    self.budget.request_source = RequestSource::Sockets;
+                }
+                self.budget.request_s += round.in_flight * dt;
+                self.budget.requests += round.new_requests;
+                self.budget.socket_samples += round.samples;
+                self.budget.ambiguous_samples += round.ambiguous;
+                for (endpoint, v) in round.awaiting {
+                    let (kind, name) = self.names.resolve(endpoint);
+                    self.budget
+                        .downstream
+                        .entry(endpoint.to_string())
+                        .or_insert_with(|| DependencyTime {
+                            kind,
+                            name,
+                            awaiting_s: 0.0,
+                        })
+                        .awaiting_s += v * dt;
+                }
+                self.progress.inbound = round.inbound_conns;
+                self.progress.outbound = round.outbound_conns;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "socket sampling failed");
+                self.count("sockets", e.kind());
+            }
+        }
+        self.sockets = Some(sockets);
+    }
+
+    fn discover(&mut self, now: Instant) {
+        let mut errors: Vec<(&'static str, &'static str)> = Vec::new();
+        self.inode_owner.clear();
+        for t in self.targets.iter_mut() {
+            if !t.alive {
+                continue;
+            }
+            let dir = self.cfg.proc_root.join(t.pid.to_string());
+            // Same pid, different start time: the process exited and the pid was reused.
+            let stat = std::fs::read(dir.join("stat"))
+                .ok()
+                .and_then(|b| parse_stat(&b).ok());
+            match stat {
+                Some(s) if s.starttime == t.starttime => {
+                    let ticks = s.utime + s.stime;
+                    t.base_ticks.get_or_insert(ticks);
+                    t.ticks = ticks;
+                }
+                _ => {
+                    t.alive = false;
+                    note(
+                        &mut self.notes,
+                        format!(
+                            "pid {} exited after {:.1}s of sampling; the report covers what was gathered",
+                            t.pid, self.budget.window_s
+                        ),
+                    );
+                    continue;
+                }
+            }
+            if !t.threads.refresh() {
+                t.alive = false;
+                continue;
+            }
+            if !t.fds_denied {
+                match scan_fds(&dir, &mut t.fds) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                        t.fds_denied = true;
+                        errors.push(("fds", "permission_denied"));
+                        note(
+                            &mut self.notes,
+                            format!(
+                                "pid {}: cannot read /proc/{}/fd: run as the same user as the service, or grant CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH; without it no request or dependency time is attributed",
+                                t.pid, t.pid
+                            ),
+                        );
+                    }
+                    Err(_) => errors.push(("fds", "io")),
+                }
+            }
+            for (&fd, &inode) in &t.fds {
+                self.inode_owner.insert(inode, (t.pid, fd));
+            }
+        }
+        for e in errors {
+            self.count(e.0, e.1);
+        }
+        self.read_counters(now);
+    }
+
+    /// Schedstat, process CPU, cgroup throttling and GC: cumulative counters turned into budget
+    /// totals (assigned, not added, so reading them more often changes nothing).
+    fn read_counters(&mut self, _now: Instant) {
+        let mut app_cpu_ns = 0u64;
+        let mut gc_cpu_ns = 0u64;
+        let mut delay_ns = 0u64;
+        let mut ticks = 0u64;
+        let mut busiest: Option<(String, u64)> = None;
+        let mut threads = 0;
+        let mut alive = 0;
+        for t in self.targets.iter_mut() {
+            let totals = t.threads.read_schedstat();
+            app_cpu_ns += totals.app_cpu_ns;
+            gc_cpu_ns += totals.gc_cpu_ns;
+            delay_ns += totals.app_delay_ns;
+            ticks += t.ticks.saturating_sub(t.base_ticks.unwrap_or(t.ticks));
+            threads += totals.live_threads;
+            if let Some((name, b)) = totals.busiest {
+                if busiest.as_ref().map_or(true, |(_, x)| b > *x) {
+                    busiest = Some((format!("{name} (pid {})", t.pid), b));
+                }
+            }
+            if t.alive {
+                alive += 1;
+            }
+        }
+        // The process's own CPU counter includes threads that exited between two schedstat
+        // reads; per-thread schedstat is exact for the threads it saw. Take the larger.
+        let gc_cpu_s = gc_cpu_ns as f64 / 1e9;
+        let process_cpu_s = ticks as f64 / self.clock_ticks;
+        let app_cpu_s = app_cpu_ns as f64 / 1e9;
+        self.budget.cpu_s = app_cpu_s.max(process_cpu_s - gc_cpu_s);
+        self.budget.gc_thread_cpu_s = gc_cpu_s;
+        self.budget.cpu_wait_s = delay_ns as f64 / 1e9;
+        if let Some((name, busy)) = busiest {
+            self.budget.busiest_thread_busy_s = busy as f64 / 1e9;
+            self.budget.busiest_thread = Some(name);
+        }
+        self.progress.threads = threads;
+        self.progress.alive = alive;
+
+        let mut throttled_total = 0.0;
+        for t in self.targets.iter().filter(|t| t.alive) {
+            if let Some(th) = t.limits.read(self.host_cores).throttled_s {
+                let base = *self.throttled.entry(t.cgroup_key.clone()).or_insert(th);
+                throttled_total += (th - base).max(0.0);
+            }
+        }
+        self.budget.throttled_s = throttled_total;
+
+        // GC pauses stall every request in flight: weight by the mean in-flight since last read.
+        let since_window = self.budget.window_s - self.gc_window_mark;
+        let in_flight = if since_window > 0.0 {
+            (self.budget.request_s - self.gc_request_s_mark) / since_window
+        } else {
+            0.0
+        };
+        self.gc_window_mark = self.budget.window_s;
+        self.gc_request_s_mark = self.budget.request_s;
+        let mut errors = Vec::new();
+        for t in self.targets.iter_mut().filter(|t| t.alive) {
+            let Some(src) = t.gc.as_mut() else { continue };
+            match src.read() {
+                Ok(r) => {
+                    if matches!(r.semantics, GcSemantics::CountsOnly) {
+                        note(
+                            &mut self.notes,
+                            format!(
+                                "pid {}: {} reports GC counts only; the GC share is unknown, not zero",
+                                t.pid, r.source
+                            ),
+                        );
+                    }
+                    if let Some(prev) = t.gc_last {
+                        let d = r.pause_s - prev;
+                        if d >= 0.0 {
+                            self.budget.gc_pause_s += d;
+                            self.budget.gc_s += d * in_flight;
+                        }
+                        // A smaller value is a restart or a torn read: rebase, add nothing.
+                    }
+                    t.gc_last = Some(r.pause_s);
+                }
+                Err(e) => {
+                    tracing::debug!(pid = t.pid, error = %e, "GC source unreadable");
+                    errors.push(e.kind());
+                }
+            }
+        }
+        for kind in errors {
+            self.count("gc", kind);
+        }
+    }
+
+    /// The budget so far, with a final read of the slow counters.
+    pub fn finish(&mut self, now: Instant) -> Budget {
+        self.step(now);
+        self.read_counters(now);
+        let mut b = self.budget.clone();
+        // The GC share is carved out of request time: in-process waiting no longer.
+        if self.targets.iter().any(|t| t.threads.syscall_denied) {
+            note(
+                &mut self.notes,
+                "thread states unreadable (/proc/PID/task/TID/syscall needs CAP_SYS_PTRACE, or the same uid with kernel.yama.ptrace_scope=0): ties within a kernel tick counted half, lock waits not corroborated".to_string(),
+            );
+        }
+        b.notes = self.notes.clone();
+        b
+    }
+
+    pub fn budget(&self) -> &Budget {
+        &self.budget
+    }
+}
+
+/// Maps the process's socket fds to inodes. Rebuilt whole each time: fd numbers are reused.
+fn scan_fds(proc_pid: &Path, out: &mut HashMap<i32, u64>) -> std::io::Result<()> {
+    out.clear();
+    let fd_dir = proc_pid.join("fd");
+    for entry in std::fs::read_dir(&fd_dir)? {
+        let Ok(entry) = entry else { continue };
+        let Some(fd) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(target) = std::fs::read_link(entry.path()) else {
+            continue; // closed since readdir
+        };
+        if let Some(inode) = parse_socket_link(target.as_os_str().as_encoded_bytes()) {
+            out.insert(fd, inode);
+        }
+    }
+    Ok(())
+}
+
+/// Thread states sampled at most once per round, on the first tie that needs them.
+struct Oracle<'a> {
+    targets: &'a mut [Target],
+    owner: &'a HashMap<u64, (u32, i32)>,
+    sampled: bool,
+    reading: HashSet<(u32, i32)>,
+    known_pids: HashSet<u32>,
+    futex_blocked: usize,
+    scratch: Vec<(u32, Option<Blocked>)>,
+    fds: Vec<i32>,
+}
+
+impl Oracle<'_> {
+    fn sample(&mut self) {
+        self.sampled = true;
+        for t in self.targets.iter_mut().filter(|t| t.alive) {
+            t.threads.sample_states(&mut self.scratch);
+            if t.threads.syscall_denied {
+                continue;
+            }
+            self.known_pids.insert(t.pid);
+            for &(_, state) in &self.scratch {
+                match state {
+                    Some(Blocked::Reading { fd }) => {
+                        self.reading.insert((t.pid, fd));
+                    }
+                    Some(Blocked::Polling { pollfds, nfds }) => {
+                        if read_pollfds(t.pid, pollfds, nfds, &mut self.fds) {
+                            for &fd in &self.fds {
+                                self.reading.insert((t.pid, fd));
+                            }
+                        }
+                    }
+                    Some(Blocked::Futex) => self.futex_blocked += 1,
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+impl ThreadOracle for Oracle<'_> {
+    fn blocked_reading(&mut self, inode: u64) -> Option<bool> {
+        if !self.sampled {
+            self.sample();
+        }
+        let &(pid, fd) = self.owner.get(&inode)?;
+        if !self.known_pids.contains(&pid) {
+            return None;
+        }
+        Some(self.reading.contains(&(pid, fd)))
+    }
+}
