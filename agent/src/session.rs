@@ -17,7 +17,7 @@ use crate::cgroup::{host_cores, CpuLimits};
 use crate::deps::{DependencyNames, DependencySpec};
 use crate::gc::{GcOptions, GcSemantics, GcSource};
 use crate::procfs::{parse_socket_link, parse_stat};
-use crate::sampler::sockets::{SocketSampler, ThreadOracle};
+use crate::sampler::sockets::{Reader, SocketSampler, ThreadOracle};
 use crate::sampler::threads::{read_pollfds, Blocked, ThreadTable};
 
 #[derive(Debug, Error)]
@@ -254,6 +254,7 @@ impl Session {
             reading: HashSet::new(),
             futex_blocked: 0,
             known_pids: HashSet::new(),
+            event_loop_pids: HashSet::new(),
             scratch: Vec::new(),
             fds: Vec::new(),
         };
@@ -510,6 +511,8 @@ struct Oracle<'a> {
     sampled: bool,
     reading: HashSet<(u32, i32)>,
     known_pids: HashSet<u32>,
+    /// Processes with a thread waiting in epoll/select: idle connections need no reader there.
+    event_loop_pids: HashSet<u32>,
     futex_blocked: usize,
     scratch: Vec<(u32, Option<Blocked>)>,
     fds: Vec<i32>,
@@ -537,6 +540,9 @@ impl Oracle<'_> {
                         }
                     }
                     Some(Blocked::Futex) => self.futex_blocked += 1,
+                    Some(Blocked::Epoll) => {
+                        self.event_loop_pids.insert(t.pid);
+                    }
                     _ => {}
                 }
             }
@@ -545,14 +551,21 @@ impl Oracle<'_> {
 }
 
 impl ThreadOracle for Oracle<'_> {
-    fn blocked_reading(&mut self, inode: u64) -> Option<bool> {
+    fn reader(&mut self, inode: u64) -> Reader {
         if !self.sampled {
             self.sample();
         }
-        let &(pid, fd) = self.owner.get(&inode)?;
+        let Some(&(pid, fd)) = self.owner.get(&inode) else {
+            return Reader::Unknown;
+        };
         if !self.known_pids.contains(&pid) {
-            return None;
+            Reader::Unknown
+        } else if self.reading.contains(&(pid, fd)) {
+            Reader::Blocked
+        } else if self.event_loop_pids.contains(&pid) {
+            Reader::Unknown
+        } else {
+            Reader::Unread
         }
-        Some(self.reading.contains(&(pid, fd)))
     }
 }

@@ -11,7 +11,8 @@
 //! (`R`) and request-seconds per dependency. `tcp_info` times have kernel-tick resolution, so an
 //! exchange inside one tick ties; ties are broken, in order, by: no data having moved since the
 //! last round (the state cannot have changed), a thread of the service blocked reading that very
-//! socket (it awaits the peer), and otherwise counted as half and reported as ambiguous.
+//! socket (it awaits the peer) or, in a process without event loops, no thread reading it (the
+//! service owes the next move), and otherwise counted as half and reported as ambiguous.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -36,10 +37,21 @@ pub fn last_data(info: &TcpInfo) -> LastData {
     }
 }
 
-/// Answers, for one round, whether a thread of the service is blocked reading a socket.
+/// What the service's threads say about one socket, for one round.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reader {
+    /// A thread is blocked reading this socket: the service waits for the peer to speak.
+    Blocked,
+    /// No thread reads it, and the process has no event-loop waits (epoll, select), so every
+    /// connection the service waits on has a thread blocked on it: the service owes the next move.
+    Unread,
+    /// Cannot tell (event loop, thread states unreadable, socket not yet mapped).
+    Unknown,
+}
+
+/// Answers, for one round, what the service's threads are doing with a socket.
 pub trait ThreadOracle {
-    /// `Some(true)`: a thread is blocked reading this socket inode. `None`: cannot tell.
-    fn blocked_reading(&mut self, inode: u64) -> Option<bool>;
+    fn reader(&mut self, inode: u64) -> Reader;
 }
 
 /// The decision for one connection in one round: 1.0 outstanding, 0.0 not, 0.5 unknown.
@@ -97,9 +109,12 @@ pub fn decide(
                 // First sight of a connection quiet for a second or more: idle.
                 return no;
             }
-            // A thread blocked reading the socket waits for the peer to speak.
-            if sock.inode != 0 && oracle.blocked_reading(sock.inode) == Some(true) {
-                return outstanding(false);
+            if sock.inode != 0 {
+                match oracle.reader(sock.inode) {
+                    Reader::Blocked => return outstanding(false),
+                    Reader::Unread => return outstanding(true),
+                    Reader::Unknown => {}
+                }
             }
             Decision {
                 value: 0.5,
@@ -225,9 +240,9 @@ impl SocketSampler {
 mod tests {
     use super::*;
 
-    struct Knows(Option<bool>);
+    struct Knows(Reader);
     impl ThreadOracle for Knows {
-        fn blocked_reading(&mut self, _: u64) -> Option<bool> {
+        fn reader(&mut self, _: u64) -> Reader {
             self.0
         }
     }
@@ -257,7 +272,7 @@ mod tests {
 
     #[test]
     fn ordering_decides_both_directions() {
-        let mut o = Knows(None);
+        let mut o = Knows(Reader::Unknown);
         // We sent 4 ms ago, last heard 20 ms ago: outbound awaits, inbound (peer waits) does not.
         let i = info(4, 20, 1);
         assert_eq!(decide(false, &sock(0), &i, None, &mut o).value, 1.0);
@@ -269,7 +284,7 @@ mod tests {
 
     #[test]
     fn unread_bytes_win() {
-        let mut o = Knows(None);
+        let mut o = Knows(Reader::Unknown);
         let i = info(4, 20, 1);
         assert_eq!(decide(false, &sock(10), &i, None, &mut o).value, 0.0);
         assert_eq!(decide(true, &sock(10), &i, None, &mut o).value, 1.0);
@@ -280,7 +295,7 @@ mod tests {
         let tie = info(4, 4, 100);
         // No data moved since the previous round: the state carries.
         let prev = info(4, 4, 100);
-        let d = decide(false, &sock(0), &tie, Some((&prev, 1.0)), &mut Knows(None));
+        let d = decide(false, &sock(0), &tie, Some((&prev, 1.0)), &mut Knows(Reader::Unknown));
         assert_eq!((d.value, d.ambiguous), (1.0, false));
         // Data moved: a thread blocked reading the socket means outbound awaits.
         let moved = info(0, 0, 50);
@@ -289,7 +304,7 @@ mod tests {
             &sock(0),
             &tie,
             Some((&moved, 0.0)),
-            &mut Knows(Some(true)),
+            &mut Knows(Reader::Blocked),
         );
         assert_eq!(d.value, 1.0);
         let d = decide(
@@ -297,10 +312,15 @@ mod tests {
             &sock(0),
             &tie,
             Some((&moved, 1.0)),
-            &mut Knows(Some(true)),
+            &mut Knows(Reader::Blocked),
         );
         assert_eq!(d.value, 0.0, "a thread reading an inbound socket is idle");
-        let d = decide(false, &sock(0), &tie, Some((&moved, 0.0)), &mut Knows(None));
+        // No thread reads it in a process without event loops: the service owes the next move.
+        let d = decide(true, &sock(0), &tie, Some((&moved, 0.0)), &mut Knows(Reader::Unread));
+        assert_eq!(d.value, 1.0, "an unread inbound socket carries a request in flight");
+        let d = decide(false, &sock(0), &tie, Some((&moved, 1.0)), &mut Knows(Reader::Unread));
+        assert_eq!(d.value, 0.0, "an unread outbound socket awaits nothing");
+        let d = decide(false, &sock(0), &tie, Some((&moved, 0.0)), &mut Knows(Reader::Unknown));
         assert_eq!((d.value, d.ambiguous), (0.5, true));
         // First sight of a long-quiet connection: idle.
         let d = decide(
@@ -308,7 +328,7 @@ mod tests {
             &sock(0),
             &info(5000, 5000, 1),
             None,
-            &mut Knows(None),
+            &mut Knows(Reader::Unknown),
         );
         assert_eq!(d.value, 0.0);
     }
