@@ -68,7 +68,7 @@ enum Cmd {
         #[arg(long, value_name = "URL")]
         expvar_url: Option<String>,
         /// Socket sampling interval in milliseconds.
-        #[arg(long, default_value_t = 100, value_name = "MS")]
+        #[arg(long, default_value_t = 200, value_name = "MS")]
         sample_interval_ms: u64,
         /// Do not print progress on stderr.
         #[arg(long, short)]

@@ -57,9 +57,9 @@ impl SessionConfig {
             pids,
             proc_root: PathBuf::from("/proc"),
             sys_root: PathBuf::from("/sys"),
-            sample_interval: Duration::from_millis(100),
-            discovery_interval: Duration::from_secs(1),
-            thread_state_interval: Duration::from_millis(500),
+            sample_interval: Duration::from_millis(200),
+            discovery_interval: Duration::from_secs(2),
+            thread_state_interval: Duration::from_secs(2),
             dependencies: Vec::new(),
             gc: GcOptions::default(),
         }
@@ -101,6 +101,7 @@ pub struct Session {
     names: DependencyNames,
     budget: Budget,
     inode_owner: HashMap<u64, (u32, i32)>,
+    threads_known: ThreadKnowledge,
     host_cores: u32,
     clock_ticks: f64,
     last_step: Option<Instant>,
@@ -109,6 +110,8 @@ pub struct Session {
     gc_request_s_mark: f64,
     gc_window_mark: f64,
     throttled: HashMap<String, f64>,
+    /// Cores the service may use, re-read at each discovery (quotas change rarely).
+    capacity_cores: f64,
     pub errors: ErrorCounts,
     pub progress: Progress,
     notes: Vec<String>,
@@ -192,12 +195,14 @@ impl Session {
                 ..Budget::default()
             },
             inode_owner: HashMap::new(),
+            threads_known: ThreadKnowledge::default(),
             last_step: None,
             last_discovery: None,
             last_thread_states: None,
             gc_request_s_mark: 0.0,
             gc_window_mark: 0.0,
             throttled: HashMap::new(),
+            capacity_cores: 0.0,
             errors: ErrorCounts::new(),
             progress: Progress::default(),
             notes,
@@ -231,17 +236,11 @@ impl Session {
             self.discover(now);
         }
         self.budget.window_s += dt;
-        if dt > 0.0 {
-            let mut capacity: HashMap<&str, f64> = HashMap::new();
-            for t in self.targets.iter().filter(|t| t.alive) {
-                capacity.insert(&t.cgroup_key, t.limits.read(self.host_cores).capacity_cores);
-            }
-            self.budget.capacity_core_s += capacity.values().sum::<f64>() * dt;
-        }
-        self.socket_round(now, dt);
+        self.budget.capacity_core_s += self.capacity_cores * dt;
+        self.socket_round(now, dt, discovery_due);
     }
 
-    fn socket_round(&mut self, now: Instant, dt: f64) {
+    fn socket_round(&mut self, now: Instant, dt: f64, discover: bool) {
         let Some(mut sockets) = self.sockets.take() else {
             return;
         };
@@ -250,15 +249,14 @@ impl Session {
         let mut oracle = Oracle {
             targets: &mut self.targets,
             owner,
+            memory: &mut self.threads_known,
             sampled: false,
             reading: HashSet::new(),
             futex_blocked: 0,
-            known_pids: HashSet::new(),
-            event_loop_pids: HashSet::new(),
             scratch: Vec::new(),
             fds: Vec::new(),
         };
-        let result = sockets.sample(&owned, &mut oracle);
+        let result = sockets.sample(&owned, &mut oracle, discover);
         // Lock-wait corroboration at its own pace, reusing a sample a tie already paid for.
         let states_due = self.last_thread_states.map_or(true, |t| {
             now.saturating_duration_since(t) >= self.cfg.thread_state_interval
@@ -293,6 +291,12 @@ impl Session {
                             awaiting_s: 0.0,
                         })
                         .awaiting_s += v * dt;
+                }
+                if sockets.churn {
+                    note(
+                        &mut self.notes,
+                        "inbound connections are short-lived (a request or a few each): every round walks the whole socket table, which costs more CPU".to_string(),
+                    );
                 }
                 self.progress.inbound = round.inbound_conns;
                 self.progress.outbound = round.outbound_conns;
@@ -360,6 +364,10 @@ impl Session {
                 self.inode_owner.insert(inode, (t.pid, fd));
             }
         }
+        let owner = &self.inode_owner;
+        self.threads_known
+            .readers
+            .retain(|inode, _| owner.contains_key(inode));
         for e in errors {
             self.count(e.0, e.1);
         }
@@ -407,14 +415,24 @@ impl Session {
         self.progress.threads = threads;
         self.progress.alive = alive;
 
+        // Processes sharing a cgroup share its capacity and its throttling: count each once.
         let mut throttled_total = 0.0;
+        let mut capacity: HashMap<&str, f64> = HashMap::new();
         for t in self.targets.iter().filter(|t| t.alive) {
-            if let Some(th) = t.limits.read(self.host_cores).throttled_s {
+            if capacity.contains_key(t.cgroup_key.as_str()) {
+                continue;
+            }
+            let reading = t.limits.read(self.host_cores);
+            capacity.insert(&t.cgroup_key, reading.capacity_cores);
+            if let Some(th) = reading.throttled_s {
                 let base = *self.throttled.entry(t.cgroup_key.clone()).or_insert(th);
                 throttled_total += (th - base).max(0.0);
             }
         }
         self.budget.throttled_s = throttled_total;
+        if !capacity.is_empty() {
+            self.capacity_cores = capacity.values().sum();
+        }
 
         // GC pauses stall every request in flight: weight by the mean in-flight since last read.
         let since_window = self.budget.window_s - self.gc_window_mark;
@@ -504,65 +522,112 @@ fn scan_fds(proc_pid: &Path, out: &mut HashMap<i32, u64>) -> std::io::Result<()>
     Ok(())
 }
 
+/// What thread sampling has learnt, kept across rounds.
+#[derive(Default)]
+struct ThreadKnowledge {
+    /// Inbound socket inode -> the thread last seen blocked reading it. Thread-per-connection
+    /// servers keep a connection on one thread for its life, so a tie on that connection is
+    /// settled by reading one thread's state instead of every thread's.
+    readers: HashMap<u64, (u32, u32)>,
+    /// Processes whose threads were readable at the last full sample.
+    known_pids: HashSet<u32>,
+    /// Processes with a thread waiting in epoll/select at the last full sample: idle
+    /// connections need no reader there.
+    event_loop_pids: HashSet<u32>,
+}
+
 /// Thread states sampled at most once per round, on the first tie that needs them.
 struct Oracle<'a> {
     targets: &'a mut [Target],
     owner: &'a HashMap<u64, (u32, i32)>,
+    memory: &'a mut ThreadKnowledge,
     sampled: bool,
     reading: HashSet<(u32, i32)>,
-    known_pids: HashSet<u32>,
-    /// Processes with a thread waiting in epoll/select: idle connections need no reader there.
-    event_loop_pids: HashSet<u32>,
     futex_blocked: usize,
     scratch: Vec<(u32, Option<Blocked>)>,
     fds: Vec<i32>,
 }
 
 impl Oracle<'_> {
+    /// The fds a blocked thread is waiting to read, if any.
+    fn read_fds(pid: u32, state: Option<Blocked>, out: &mut Vec<i32>) {
+        out.clear();
+        match state {
+            Some(Blocked::Reading { fd }) => out.push(fd),
+            Some(Blocked::Polling { pollfds, nfds }) => {
+                read_pollfds(pid, pollfds, nfds, out);
+            }
+            _ => {}
+        }
+    }
+
     fn sample(&mut self) {
         self.sampled = true;
+        self.memory.known_pids.clear();
+        self.memory.event_loop_pids.clear();
         for t in self.targets.iter_mut().filter(|t| t.alive) {
             t.threads.sample_states(&mut self.scratch);
             if t.threads.syscall_denied {
                 continue;
             }
-            self.known_pids.insert(t.pid);
-            for &(_, state) in &self.scratch {
+            self.memory.known_pids.insert(t.pid);
+            for &(tid, state) in &self.scratch {
                 match state {
-                    Some(Blocked::Reading { fd }) => {
-                        self.reading.insert((t.pid, fd));
-                    }
-                    Some(Blocked::Polling { pollfds, nfds }) => {
-                        if read_pollfds(t.pid, pollfds, nfds, &mut self.fds) {
-                            for &fd in &self.fds {
-                                self.reading.insert((t.pid, fd));
-                            }
-                        }
-                    }
                     Some(Blocked::Futex) => self.futex_blocked += 1,
                     Some(Blocked::Epoll) => {
-                        self.event_loop_pids.insert(t.pid);
+                        self.memory.event_loop_pids.insert(t.pid);
                     }
                     _ => {}
+                }
+                Self::read_fds(t.pid, state, &mut self.fds);
+                for &fd in &self.fds {
+                    self.reading.insert((t.pid, fd));
+                    if let Some(&inode) = t.fds.get(&fd) {
+                        self.memory.readers.insert(inode, (t.pid, tid));
+                    }
                 }
             }
         }
     }
+
+    /// Settles an inbound tie from the one thread known to serve the connection, if any.
+    fn ask_reader(&mut self, inode: u64, pid: u32, fd: i32) -> Option<Reader> {
+        let &(rpid, tid) = self.memory.readers.get(&inode)?;
+        if rpid != pid
+            || !self.memory.known_pids.contains(&pid)
+            || self.memory.event_loop_pids.contains(&pid)
+        {
+            return None;
+        }
+        let t = self.targets.iter_mut().find(|t| t.pid == pid)?;
+        let state = t.threads.sample_one(tid)?;
+        Self::read_fds(pid, state, &mut self.fds);
+        Some(if self.fds.contains(&fd) {
+            Reader::Blocked
+        } else {
+            Reader::Unread
+        })
+    }
 }
 
 impl ThreadOracle for Oracle<'_> {
-    fn reader(&mut self, inode: u64) -> Reader {
-        if !self.sampled {
-            self.sample();
-        }
+    fn reader(&mut self, inode: u64, inbound: bool) -> Reader {
         let Some(&(pid, fd)) = self.owner.get(&inode) else {
             return Reader::Unknown;
         };
-        if !self.known_pids.contains(&pid) {
+        if inbound && !self.sampled {
+            if let Some(r) = self.ask_reader(inode, pid, fd) {
+                return r;
+            }
+        }
+        if !self.sampled {
+            self.sample();
+        }
+        if !self.memory.known_pids.contains(&pid) {
             Reader::Unknown
         } else if self.reading.contains(&(pid, fd)) {
             Reader::Blocked
-        } else if self.event_loop_pids.contains(&pid) {
+        } else if self.memory.event_loop_pids.contains(&pid) {
             Reader::Unknown
         } else {
             Reader::Unread

@@ -68,6 +68,9 @@ pub struct TcpInfo {
 /// One TCP socket from a dump.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TcpSocket {
+    /// AF_INET or AF_INET6 as the kernel keeps the socket (a dual-stack socket's IPv4 peer is
+    /// shown as IPv4 in `remote`, but is looked up as IPv6).
+    pub family: u8,
     pub state: u8,
     pub local: SocketAddr,
     pub remote: SocketAddr,
@@ -129,7 +132,10 @@ fn parse_tcp_info(b: &[u8]) -> Option<TcpInfo> {
 /// What one receive buffer held.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Parsed {
-    pub sockets: Vec<TcpSocket>,
+    /// Sockets with the sequence number of the request they answer.
+    pub sockets: Vec<(u32, TcpSocket)>,
+    /// Requests the kernel refused, with the error (ENOENT: the socket is gone).
+    pub errors: Vec<(u32, i32)>,
     pub done: bool,
 }
 
@@ -139,6 +145,7 @@ pub fn parse_messages(mut buf: &[u8]) -> Result<Parsed, SockDiagError> {
     while buf.len() >= NLMSG_HDR {
         let len = u32_ne(buf, 0).ok_or(SockDiagError::Malformed("header"))? as usize;
         let kind = u16_ne(buf, 4).ok_or(SockDiagError::Malformed("header"))?;
+        let seq = u32_ne(buf, 8).ok_or(SockDiagError::Malformed("header"))?;
         if len < NLMSG_HDR || len > buf.len() {
             return Err(SockDiagError::Malformed("message length"));
         }
@@ -151,7 +158,7 @@ pub fn parse_messages(mut buf: &[u8]) -> Result<Parsed, SockDiagError> {
             NLMSG_ERROR => {
                 let code = u32_ne(body, 0).ok_or(SockDiagError::Malformed("error body"))? as i32;
                 if code != 0 {
-                    return Err(SockDiagError::Kernel(-code));
+                    out.errors.push((seq, -code));
                 }
             }
             SOCK_DIAG_BY_FAMILY => {
@@ -164,6 +171,7 @@ pub fn parse_messages(mut buf: &[u8]) -> Result<Parsed, SockDiagError> {
                 let remote = addr(family, &body[24..40], &body[6..8])
                     .ok_or(SockDiagError::Malformed("address"))?;
                 let mut sock = TcpSocket {
+                    family,
                     state: body[1],
                     local,
                     remote,
@@ -186,7 +194,7 @@ pub fn parse_messages(mut buf: &[u8]) -> Result<Parsed, SockDiagError> {
                     let aligned = (alen + 3) & !3;
                     attrs = attrs.get(aligned..).unwrap_or(&[]);
                 }
-                out.sockets.push(sock);
+                out.sockets.push((seq, sock));
             }
             _ => {}
         }
@@ -213,6 +221,45 @@ fn dump_request(family: u8, seq: u32) -> [u8; NLMSG_HDR + 56] {
     m
 }
 
+/// An exact-match request for one known socket (no dump: the kernel looks it up by its
+/// addresses and ports in the hash table, a few microseconds instead of a walk of the table).
+fn lookup_request(sock: &TcpSocket, seq: u32, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.resize(start + NLMSG_HDR + 56, 0);
+    let m = &mut out[start..];
+    m[0..4].copy_from_slice(&((NLMSG_HDR + 56) as u32).to_ne_bytes());
+    m[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    m[6..8].copy_from_slice(&NLM_F_REQUEST.to_ne_bytes());
+    m[8..12].copy_from_slice(&seq.to_ne_bytes());
+    m[16] = sock.family;
+    m[17] = libc::IPPROTO_TCP as u8;
+    m[18] = 1 << (INET_DIAG_INFO - 1);
+    m[20..24].copy_from_slice(&u32::MAX.to_ne_bytes());
+    m[24..26].copy_from_slice(&sock.local.port().to_be_bytes());
+    m[26..28].copy_from_slice(&sock.remote.port().to_be_bytes());
+    let raw = |ip: IpAddr| -> [u8; 16] {
+        match (sock.family == libc::AF_INET as u8, ip) {
+            (true, IpAddr::V4(v4)) => {
+                let mut b = [0u8; 16];
+                b[..4].copy_from_slice(&v4.octets());
+                b
+            }
+            (_, IpAddr::V4(v4)) => v4.to_ipv6_mapped().octets(),
+            (_, IpAddr::V6(v6)) => v6.octets(),
+        }
+    };
+    m[28..44].copy_from_slice(&raw(sock.local.ip()));
+    m[44..60].copy_from_slice(&raw(sock.remote.ip()));
+    // if = 0, cookie = INET_DIAG_NOCOOKIE: match by addresses alone.
+    m[64..72].copy_from_slice(&[0xff; 8]);
+}
+
+/// Requests per send: the replies (about 330 bytes each) must fit the receive buffer.
+const LOOKUP_BATCH: usize = 128;
+/// Room for one lookup reply in the receive buffer (a reply is about 330 bytes today; `tcp_info`
+/// grows with kernels, so leave it room).
+const SLOT: usize = 1024;
+
 /// A NETLINK_SOCK_DIAG socket with a reused receive buffer.
 pub struct SockDiag {
     fd: std::os::fd::OwnedFd,
@@ -234,6 +281,17 @@ impl SockDiag {
         if fd < 0 {
             return Err(SockDiagError::Socket(std::io::Error::last_os_error()));
         }
+        let rcvbuf: libc::c_int = 1 << 20;
+        // SAFETY: setting an int socket option on our own fd; failure only leaves the default.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&rcvbuf as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as u32,
+            );
+        }
         Ok(SockDiag {
             // SAFETY: fd is a fresh, valid descriptor that nothing else owns.
             fd: unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) },
@@ -252,9 +310,60 @@ impl SockDiag {
             loop {
                 let n = self.recv()?;
                 let parsed = parse_messages(&self.buf[..n])?;
-                out.extend(parsed.sockets);
+                if let Some(&(_, code)) = parsed.errors.first() {
+                    return Err(SockDiagError::Kernel(code));
+                }
+                out.extend(parsed.sockets.into_iter().map(|(_, s)| s));
                 if parsed.done || n == 0 {
                     break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Fresh state of known sockets, looked up one by one in batches of requests per send.
+    /// `out[i]` answers `socks[i]`: `None` when the socket is gone.
+    pub fn lookup(
+        &mut self,
+        socks: &[TcpSocket],
+        out: &mut Vec<Option<TcpSocket>>,
+    ) -> Result<(), SockDiagError> {
+        out.clear();
+        out.resize(socks.len(), None);
+        let mut req = Vec::with_capacity(LOOKUP_BATCH * (NLMSG_HDR + 56));
+        for (chunk_no, chunk) in socks.chunks(LOOKUP_BATCH).enumerate() {
+            req.clear();
+            let base = self.seq.wrapping_add(1);
+            for (i, s) in chunk.iter().enumerate() {
+                lookup_request(s, base.wrapping_add(i as u32), &mut req);
+            }
+            self.seq = base.wrapping_add(chunk.len() as u32);
+            self.send(&req)?;
+            let mut answered = 0;
+            while answered < chunk.len() {
+                let lens = self.recv_many()?;
+                if lens.is_empty() {
+                    break;
+                }
+                for (slot, &n) in lens.iter().enumerate() {
+                    let at = slot * SLOT;
+                    let parsed = parse_messages(&self.buf[at..at + n.min(SLOT)])?;
+                    answered += (parsed.sockets.len() + parsed.errors.len()).max(1);
+                    for (seq, sock) in parsed.sockets {
+                        let i = seq.wrapping_sub(base) as usize;
+                        // The kernel's lookup falls back to the listener when a connection is
+                        // gone, and a new connection can reuse a 4-tuple: only the same socket
+                        // counts.
+                        if let Some(asked) = chunk.get(i) {
+                            if sock.local == asked.local
+                                && sock.remote == asked.remote
+                                && (asked.inode == 0 || sock.inode == asked.inode)
+                            {
+                                out[chunk_no * LOOKUP_BATCH + i] = Some(sock);
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -281,6 +390,52 @@ impl SockDiag {
             return Err(SockDiagError::Send(std::io::Error::last_os_error()));
         }
         Ok(())
+    }
+
+    /// Receives up to `buf.len() / SLOT` datagrams in one system call (a lookup's replies come
+    /// one datagram each; a `recv` apiece cost as much as the lookups). Returns their lengths.
+    fn recv_many(&mut self) -> Result<Vec<usize>, SockDiagError> {
+        use std::os::fd::AsRawFd;
+        let slots = self.buf.len() / SLOT;
+        let mut iov: Vec<libc::iovec> = self
+            .buf
+            .chunks_exact_mut(SLOT)
+            .map(|c| libc::iovec {
+                iov_base: c.as_mut_ptr().cast(),
+                iov_len: SLOT,
+            })
+            .collect();
+        // SAFETY: zeroed mmsghdr is a valid empty header; each points at its own iovec.
+        let mut hdrs: Vec<libc::mmsghdr> =
+            (0..slots).map(|_| unsafe { std::mem::zeroed() }).collect();
+        for (h, v) in hdrs.iter_mut().zip(iov.iter_mut()) {
+            h.msg_hdr.msg_iov = v;
+            h.msg_hdr.msg_iovlen = 1;
+        }
+        loop {
+            // SAFETY: hdrs/iov point into self.buf, valid and exclusively borrowed for the call.
+            // MSG_WAITFORONE: block for the first datagram, then take what is already queued.
+            let r = unsafe {
+                libc::recvmmsg(
+                    self.fd.as_raw_fd(),
+                    hdrs.as_mut_ptr(),
+                    slots as u32,
+                    libc::MSG_WAITFORONE,
+                    std::ptr::null_mut(),
+                )
+            };
+            if r < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(SockDiagError::Recv(e));
+            }
+            return Ok(hdrs[..r as usize]
+                .iter()
+                .map(|h| h.msg_len as usize)
+                .collect());
+        }
     }
 
     fn recv(&mut self) -> Result<usize, SockDiagError> {
@@ -351,7 +506,7 @@ mod tests {
         let p = parse_messages(&buf).expect("valid");
         assert!(p.done);
         assert_eq!(p.sockets.len(), 1);
-        let s = &p.sockets[0];
+        let s = &p.sockets[0].1;
         assert_eq!(s.local, "127.0.0.1:5432".parse().expect("addr"));
         assert_eq!(s.remote, "127.0.0.2:40000".parse().expect("addr"));
         assert_eq!(s.inode, 777);
@@ -365,7 +520,7 @@ mod tests {
         let info = vec![0u8; 104];
         let buf = msg(SOCK_DIAG_BY_FAMILY, &diag_body(Some(&info)));
         let p = parse_messages(&buf).expect("valid");
-        assert_eq!(p.sockets[0].info.map(|i| i.bytes_acked), Some(0));
+        assert_eq!(p.sockets[0].1.info.map(|i| i.bytes_acked), Some(0));
     }
 
     #[test]
@@ -383,11 +538,8 @@ mod tests {
         let mut bad_attr = diag_body(None);
         bad_attr.extend_from_slice(&[200, 0, 2, 0]);
         assert!(parse_messages(&msg(SOCK_DIAG_BY_FAMILY, &bad_attr)).is_err());
-        let err = msg(NLMSG_ERROR, &(-13i32).to_ne_bytes());
-        assert!(matches!(
-            parse_messages(&err),
-            Err(SockDiagError::Kernel(13))
-        ));
+        let err = msg(NLMSG_ERROR, &(-2i32).to_ne_bytes());
+        assert_eq!(parse_messages(&err).expect("valid").errors, vec![(0, 2)]);
     }
 
     #[test]
@@ -414,5 +566,13 @@ mod tests {
             .expect("accepted socket in the dump");
         assert!(server_side.inode != 0);
         assert!(server_side.info.is_some());
+        // Exact lookups find the same socket, and say when one is gone.
+        let mut gone = server_side.clone();
+        gone.remote = "127.0.0.1:1".parse().expect("addr");
+        let mut found = Vec::new();
+        diag.lookup(&[server_side.clone(), gone], &mut found)
+            .expect("lookup");
+        assert_eq!(found[0].as_ref().map(|s| s.inode), Some(server_side.inode));
+        assert!(found[1].is_none());
     }
 }

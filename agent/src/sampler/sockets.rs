@@ -51,7 +51,7 @@ pub enum Reader {
 
 /// Answers, for one round, what the service's threads are doing with a socket.
 pub trait ThreadOracle {
-    fn reader(&mut self, inode: u64) -> Reader;
+    fn reader(&mut self, inode: u64, inbound: bool) -> Reader;
 }
 
 /// The decision for one connection in one round: 1.0 outstanding, 0.0 not, 0.5 unknown.
@@ -110,7 +110,7 @@ pub fn decide(
                 return no;
             }
             if sock.inode != 0 {
-                match oracle.reader(sock.inode) {
+                match oracle.reader(sock.inode, inbound) {
                     Reader::Blocked => return outstanding(false),
                     Reader::Unread => return outstanding(true),
                     Reader::Unknown => {}
@@ -126,6 +126,7 @@ pub fn decide(
 
 struct Conn {
     inbound: bool,
+    sock: TcpSocket,
     info: TcpInfo,
     value: f64,
     round: u64,
@@ -143,14 +144,27 @@ pub struct Round {
     pub ambiguous: u64,
     pub inbound_conns: usize,
     pub outbound_conns: usize,
+    /// Whether this round walked the whole socket table.
+    pub full_dump: bool,
 }
 
+/// Finds the service's connections with a full dump (a walk of the kernel's whole TCP hash table,
+/// milliseconds on a large host) only when it must, and follows known connections with exact
+/// lookups (microseconds each) in between.
 pub struct SocketSampler {
     diag: SockDiag,
     socks: Vec<TcpSocket>,
+    known: Vec<TcpSocket>,
+    found: Vec<Option<TcpSocket>>,
     pub listen_ports: HashSet<u16>,
     conns: HashMap<(SocketAddr, SocketAddr), Conn>,
     round: u64,
+    /// Inbound connections that closed since the last full dump, and how many there were then.
+    closed_inbound: usize,
+    inbound_at_dump: usize,
+    /// Short-lived inbound connections (one request each) are invisible to lookups of the
+    /// connections known at the last dump: when they churn, every round is a full dump.
+    pub churn: bool,
 }
 
 impl SocketSampler {
@@ -158,27 +172,47 @@ impl SocketSampler {
         Ok(SocketSampler {
             diag: SockDiag::open()?,
             socks: Vec::with_capacity(1024),
+            known: Vec::new(),
+            found: Vec::new(),
             listen_ports: HashSet::new(),
             conns: HashMap::new(),
             round: 0,
+            closed_inbound: 0,
+            inbound_at_dump: 0,
+            churn: false,
         })
     }
 
-    /// One round. `owned(inode)` says whether a socket belongs to the service's processes.
+    /// One round. `owned(inode)` says whether a socket belongs to the service's processes;
+    /// `discover` asks for a full dump (new connections, listeners) whatever the churn.
     pub fn sample(
         &mut self,
         owned: &dyn Fn(u64) -> bool,
         oracle: &mut dyn ThreadOracle,
+        discover: bool,
     ) -> Result<Round, SockDiagError> {
-        self.diag.dump(&mut self.socks)?;
+        let full = discover || self.churn || self.round == 0;
+        if full {
+            self.diag.dump(&mut self.socks)?;
+            for s in &self.socks {
+                if s.state == TCP_LISTEN && owned(s.inode) {
+                    self.listen_ports.insert(s.local.port());
+                }
+            }
+        } else {
+            self.known.clear();
+            self.known
+                .extend(self.conns.values().map(|c| c.sock.clone()));
+            self.diag.lookup(&self.known, &mut self.found)?;
+            self.socks.clear();
+            self.socks.extend(self.found.iter().flatten().cloned());
+        }
         self.round += 1;
         let first_round = self.round == 1;
-        for s in &self.socks {
-            if s.state == TCP_LISTEN && owned(s.inode) {
-                self.listen_ports.insert(s.local.port());
-            }
-        }
-        let mut out = Round::default();
+        let mut out = Round {
+            full_dump: full,
+            ..Round::default()
+        };
         let mut awaiting: HashMap<SocketAddr, f64> = HashMap::new();
         for s in &self.socks {
             if s.state == TCP_LISTEN {
@@ -223,6 +257,7 @@ impl SocketSampler {
                 key,
                 Conn {
                     inbound,
+                    sock: s.clone(),
                     info,
                     value: d.value,
                     round: self.round,
@@ -230,7 +265,23 @@ impl SocketSampler {
             );
         }
         let round = self.round;
-        self.conns.retain(|_, c| c.round == round);
+        let mut closed = 0;
+        self.conns.retain(|_, c| {
+            let keep = c.round == round;
+            if !keep && c.inbound {
+                closed += 1;
+            }
+            keep
+        });
+        self.closed_inbound += closed;
+        if full && discover {
+            // Churn: at least a quarter of the inbound connections (and more than a couple)
+            // closed within one discovery interval.
+            self.churn = self.closed_inbound > 2
+                && self.closed_inbound * 4 >= self.inbound_at_dump.max(out.inbound_conns);
+            self.closed_inbound = 0;
+            self.inbound_at_dump = out.inbound_conns;
+        }
         out.awaiting = awaiting.into_iter().collect();
         Ok(out)
     }
@@ -242,13 +293,14 @@ mod tests {
 
     struct Knows(Reader);
     impl ThreadOracle for Knows {
-        fn reader(&mut self, _: u64) -> Reader {
+        fn reader(&mut self, _: u64, _: bool) -> Reader {
             self.0
         }
     }
 
     fn sock(rqueue: u32) -> TcpSocket {
         TcpSocket {
+            family: libc::AF_INET as u8,
             state: TCP_ESTABLISHED,
             local: "127.0.0.1:40000".parse().expect("addr"),
             remote: "127.0.0.1:5432".parse().expect("addr"),
@@ -295,7 +347,13 @@ mod tests {
         let tie = info(4, 4, 100);
         // No data moved since the previous round: the state carries.
         let prev = info(4, 4, 100);
-        let d = decide(false, &sock(0), &tie, Some((&prev, 1.0)), &mut Knows(Reader::Unknown));
+        let d = decide(
+            false,
+            &sock(0),
+            &tie,
+            Some((&prev, 1.0)),
+            &mut Knows(Reader::Unknown),
+        );
         assert_eq!((d.value, d.ambiguous), (1.0, false));
         // Data moved: a thread blocked reading the socket means outbound awaits.
         let moved = info(0, 0, 50);
@@ -316,11 +374,32 @@ mod tests {
         );
         assert_eq!(d.value, 0.0, "a thread reading an inbound socket is idle");
         // No thread reads it in a process without event loops: the service owes the next move.
-        let d = decide(true, &sock(0), &tie, Some((&moved, 0.0)), &mut Knows(Reader::Unread));
-        assert_eq!(d.value, 1.0, "an unread inbound socket carries a request in flight");
-        let d = decide(false, &sock(0), &tie, Some((&moved, 1.0)), &mut Knows(Reader::Unread));
+        let d = decide(
+            true,
+            &sock(0),
+            &tie,
+            Some((&moved, 0.0)),
+            &mut Knows(Reader::Unread),
+        );
+        assert_eq!(
+            d.value, 1.0,
+            "an unread inbound socket carries a request in flight"
+        );
+        let d = decide(
+            false,
+            &sock(0),
+            &tie,
+            Some((&moved, 1.0)),
+            &mut Knows(Reader::Unread),
+        );
         assert_eq!(d.value, 0.0, "an unread outbound socket awaits nothing");
-        let d = decide(false, &sock(0), &tie, Some((&moved, 0.0)), &mut Knows(Reader::Unknown));
+        let d = decide(
+            false,
+            &sock(0),
+            &tie,
+            Some((&moved, 0.0)),
+            &mut Knows(Reader::Unknown),
+        );
         assert_eq!((d.value, d.ambiguous), (0.5, true));
         // First sight of a long-quiet connection: idle.
         let d = decide(

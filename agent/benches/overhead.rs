@@ -1,0 +1,173 @@
+//! Agent overhead: CPU and peak RSS of `scalewise-agent diagnose` watching a busy service with
+//! 500 threads and 200 connections, at the default sampling rates, as measured by the OS
+//! (`wait4` rusage of the agent process), not by the agent.
+//!
+//! Run: `cargo bench -p scalewise-agent --bench overhead` (after `cargo build --release`).
+//! Env: `OVERHEAD_SECONDS` (default 30), `OVERHEAD_THREADS` (500), `OVERHEAD_CONNS` (200).
+//!
+//! The same executable plays three roles, chosen by `SW_BENCH_ROLE`: the bench itself, the
+//! watched service (thread per connection plus idle pool threads) and its client (a separate
+//! process, so its sockets are not the service's).
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn env_u(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The watched service: `conns` connection threads answering after 2 ms, the rest idle on a condvar.
+fn service(threads: u64, conns: u64) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    println!("{}", listener.local_addr().expect("addr").port());
+    let _ = std::io::stdout().flush();
+    let idle = threads.saturating_sub(conns + 1);
+    let pair = std::sync::Arc::new((std::sync::Mutex::new(()), std::sync::Condvar::new()));
+    for _ in 0..idle {
+        let pair = pair.clone();
+        std::thread::spawn(move || {
+            let (m, c) = &*pair;
+            let mut g = m.lock().expect("lock");
+            loop {
+                g = c.wait(g).expect("wait");
+            }
+        });
+    }
+    for stream in listener.incoming() {
+        let Ok(mut s) = stream else { continue };
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            while let Ok(n) = s.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(2));
+                if s.write_all(b"pong").is_err() {
+                    break;
+                }
+            }
+        });
+    }
+}
+
+/// The client: `conns` connections, each sending a request every ~200 ms.
+fn client(port: u16, conns: u64) {
+    let mut handles = Vec::new();
+    for _ in 0..conns {
+        handles.push(std::thread::spawn(move || {
+            let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+                return;
+            };
+            let mut buf = [0u8; 4];
+            loop {
+                if s.write_all(b"ping").is_err() || s.read_exact(&mut buf).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }));
+    }
+    for h in handles {
+        let _ = h.join();
+    }
+}
+
+fn main() {
+    let threads = env_u("OVERHEAD_THREADS", 500);
+    let conns = env_u("OVERHEAD_CONNS", 200);
+    match std::env::var("SW_BENCH_ROLE").as_deref() {
+        Ok("service") => return service(threads, conns),
+        Ok("client") => {
+            let port = env_u("SW_BENCH_PORT", 0) as u16;
+            return client(port, conns);
+        }
+        _ => {}
+    }
+    // Under `cargo bench`, libtest-style flags arrive; only the plain run measures.
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let seconds = env_u("OVERHEAD_SECONDS", 30);
+    let me = std::env::current_exe().expect("current exe");
+    let agent = me
+        .parent()
+        .and_then(|d| d.parent())
+        .map(|d| d.join("scalewise-agent"))
+        .expect("target dir");
+    assert!(
+        agent.exists(),
+        "{} not found: run `cargo build --release -p scalewise-agent` first",
+        agent.display()
+    );
+    let mut svc = Command::new(&me)
+        .env("SW_BENCH_ROLE", "service")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn service");
+    let mut line = String::new();
+    {
+        use std::io::BufRead;
+        let out = svc.stdout.take().expect("stdout");
+        std::io::BufReader::new(out)
+            .read_line(&mut line)
+            .expect("port line");
+    }
+    let port: u16 = line.trim().parse().expect("port");
+    let mut cli = Command::new(&me)
+        .env("SW_BENCH_ROLE", "client")
+        .env("SW_BENCH_PORT", port.to_string())
+        .spawn()
+        .expect("spawn client");
+    std::thread::sleep(Duration::from_secs(2));
+    let n_threads = std::fs::read_dir(format!("/proc/{}/task", svc.id()))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    let start = Instant::now();
+    let child = Command::new(&agent)
+        .args([
+            "diagnose",
+            "--pid",
+            &svc.id().to_string(),
+            "--duration",
+            &seconds.to_string(),
+            "--format",
+            "json",
+            "--quiet",
+            "--sample-interval-ms",
+            &std::env::var("OVERHEAD_INTERVAL_MS").unwrap_or_else(|_| "200".into()),
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn agent");
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: rusage is plain data filled in by wait4 for our own child.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waiting for our own child with valid pointers.
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+    let wall = start.elapsed().as_secs_f64();
+    let _ = svc.kill();
+    let _ = cli.kill();
+    let _ = svc.wait();
+    let _ = cli.wait();
+    assert_eq!(r, pid, "wait4 failed");
+    let cpu = ru.ru_utime.tv_sec as f64
+        + ru.ru_utime.tv_usec as f64 / 1e6
+        + ru.ru_stime.tv_sec as f64
+        + ru.ru_stime.tv_usec as f64 / 1e6;
+    let mut json = String::new();
+    if let Some(mut out) = child.stdout {
+        let _ = out.read_to_string(&mut json);
+    }
+    let inbound = json.contains("\"source\": \"sockets\"");
+    println!(
+        "overhead: service threads {n_threads}, connections {conns}, window {wall:.1}s: agent CPU {cpu:.3}s = {:.2}% of one core, peak RSS {:.1} MiB (request signal seen: {inbound})",
+        cpu / wall * 100.0,
+        ru.ru_maxrss as f64 / 1024.0
+    );
+}
