@@ -114,7 +114,8 @@ impl Default for Thresholds {
 
 fn round(x: f64, digits: i32) -> f64 {
     let p = 10f64.powi(digits);
-    (x * p).round() / p
+    // Adding 0.0 turns a rounded -0.0 into 0.0, which people read as a sign.
+    (x * p).round() / p + 0.0
 }
 
 fn pct(x: f64) -> String {

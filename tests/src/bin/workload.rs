@@ -1,0 +1,36 @@
+//! `scalewise-workload`: sample services with self-recorded ground truth, and a load generator.
+//!
+//! serve        --port P --workers N [--cpu-ms X] [--lock-ms Z | --lock-cpu-ms Z]
+//!              [--db ADDR --db-ms Y] [--backend ADDR --backend-ms B] [--pool K]
+//! serve-async  --port P --db ADDR --db-ms Y [--cpu-ms X] [--pool K]
+//! backend      --port P --ms B
+//! load         --target ADDR --concurrency C --duration-s S [--think-ms T] [--path /work]
+//!
+//! Services print `listening ADDR` on stdout and serve `GET /work` and `GET /truth`.
+
+use scalewise_e2e::workload::{load, serve, serve_async, Args};
+
+fn main() {
+    let mut argv: Vec<String> = std::env::args().skip(1).collect();
+    if argv.is_empty() {
+        eprintln!("usage: scalewise-workload serve|serve-async|backend|load [flags]");
+        std::process::exit(64);
+    }
+    let cmd = argv.remove(0);
+    let args = Args::new(argv);
+    // Make `listening` visible to a parent reading our stdout through a pipe.
+    let result = match cmd.as_str() {
+        "serve" => serve::run(&args),
+        "serve-async" => serve_async::run(&args),
+        "backend" => serve::backend(&args),
+        "load" => load::run(&args),
+        other => {
+            eprintln!("unknown command {other}");
+            std::process::exit(64);
+        }
+    };
+    if let Err(e) = result {
+        eprintln!("scalewise-workload {cmd}: {e:#}");
+        std::process::exit(1);
+    }
+}

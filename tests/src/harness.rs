@@ -1,0 +1,367 @@
+//! Starts and stops the real parts an end-to-end test needs, each on loopback with a free port and
+//! each stopped by pid on drop: a private PostgreSQL cluster (initdb into a temp dir), the
+//! workload services, a JVM, the load generator; and runs the agent binary.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+
+use crate::workload::Truth;
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+/// `target/<profile>/` of the running test executable (which lives in `target/<profile>/deps/`).
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let deps = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if deps.ends_with("deps") {
+        deps.parent().map(Path::to_path_buf).unwrap_or(deps)
+    } else {
+        deps
+    }
+}
+
+pub fn workload_bin() -> PathBuf {
+    profile_dir().join("scalewise-workload")
+}
+
+pub fn agent_bin() -> PathBuf {
+    profile_dir().join("scalewise-agent")
+}
+
+fn temp_dir(tag: &str) -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!(
+        "scalewise-{tag}-{}-{}",
+        std::process::id(),
+        Instant::now().elapsed().as_nanos() ^ (free_port() as u128)
+    ));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+fn stop(child: &mut Child) {
+    // SIGTERM first, so servers shut down cleanly; SIGKILL after a grace period.
+    // SAFETY: signalling our own child by pid.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A private PostgreSQL cluster, stopped and deleted on drop.
+pub struct Postgres {
+    pub port: u16,
+    dir: PathBuf,
+    child: Child,
+}
+
+fn pg_bindir() -> anyhow::Result<PathBuf> {
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if dir.join("initdb").exists() && dir.join("postgres").exists() {
+            return Ok(dir);
+        }
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| d.flatten().map(|e| e.path().join("bin")).collect())
+        .unwrap_or_default();
+    found.sort();
+    found
+        .into_iter()
+        .rev()
+        .find(|d| d.join("initdb").exists())
+        .ok_or_else(|| anyhow!("PostgreSQL server binaries not found: run scripts/install-deps"))
+}
+
+impl Postgres {
+    pub fn start() -> anyhow::Result<Postgres> {
+        let bin = pg_bindir()?;
+        let dir = temp_dir("pg")?;
+        let data = dir.join("data");
+        let port = free_port();
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        // initdb refuses to run as root: run the cluster as Debian's `postgres` user.
+        let as_user = |program: PathBuf| -> Command {
+            if root {
+                let mut c = Command::new("runuser");
+                c.args(["-u", "postgres", "--"]).arg(program);
+                c
+            } else {
+                Command::new(program)
+            }
+        };
+        if root {
+            let ok = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&dir)
+                .status()?
+                .success();
+            if !ok {
+                bail!("chown of {} to postgres failed", dir.display());
+            }
+        }
+        let out = as_user(bin.join("initdb"))
+            .args(["-D"])
+            .arg(&data)
+            .args(["--auth=trust", "-U", "postgres", "--no-sync"])
+            .output()
+            .context("running initdb")?;
+        if !out.status.success() {
+            bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let log = std::fs::File::create(dir.join("postgres.log"))?;
+        if root {
+            let _ = Command::new("chown")
+                .args(["postgres:postgres"])
+                .arg(dir.join("postgres.log"))
+                .status();
+        }
+        let child = as_user(bin.join("postgres"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string(), "-k"])
+            .arg(&dir)
+            .args([
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "max_connections=200",
+                "-c",
+                "fsync=off",
+                "-c",
+                "shared_buffers=32MB",
+            ])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting postgres")?;
+        let mut pg = Postgres { port, dir, child };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if crate::workload::pg::PgConn::connect(&pg.addr()).is_ok() {
+                return Ok(pg);
+            }
+            if Instant::now() > deadline || matches!(pg.child.try_wait(), Ok(Some(_))) {
+                let log = std::fs::read_to_string(pg.dir.join("postgres.log")).unwrap_or_default();
+                bail!(
+                    "postgres did not start: {}",
+                    log.lines().rev().take(10).collect::<Vec<_>>().join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        stop(&mut self.child);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A running service (or any child that prints `listening ADDR`), killed by pid on drop.
+pub struct Service {
+    pub pid: u32,
+    pub port: u16,
+    child: Child,
+}
+
+impl Service {
+    pub fn spawn(program: impl AsRef<Path>, args: &[&str]) -> anyhow::Result<Service> {
+        let mut child = Command::new(program.as_ref())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("spawning {}", program.as_ref().display()))?;
+        let out = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let mut line = String::new();
+        BufReader::new(out).read_line(&mut line)?;
+        let port = line
+            .trim()
+            .strip_prefix("listening ")
+            .and_then(|a| a.rsplit(':').next())
+            .and_then(|p| p.parse().ok());
+        match port {
+            Some(port) => Ok(Service {
+                pid: child.id(),
+                port,
+                child,
+            }),
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "{} printed {line:?} instead of `listening ADDR`",
+                    program.as_ref().display()
+                )
+            }
+        }
+    }
+
+    /// A `scalewise-workload` service.
+    pub fn workload(args: &[&str]) -> anyhow::Result<Service> {
+        Service::spawn(workload_bin(), args)
+    }
+
+    /// The Java workload (tests/java/Workload.java), compiled once into a temp dir.
+    pub fn java(jvm_flags: &[&str], args: &[&str]) -> anyhow::Result<Service> {
+        let classes = java_classes()?;
+        let mut all: Vec<&str> = jvm_flags.to_vec();
+        let cp = classes.to_string_lossy().into_owned();
+        all.extend(["-cp", &cp, "Workload"]);
+        all.extend(args);
+        Service::spawn("java", &all)
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn truth(&self) -> anyhow::Result<Truth> {
+        truth(self.port)
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn java_classes() -> anyhow::Result<PathBuf> {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    if let Some(d) = DIR.get() {
+        return Ok(d.clone());
+    }
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("java/Workload.java");
+    let out = temp_dir("java")?;
+    let st = Command::new("javac")
+        .arg("-d")
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .context("running javac (install a JDK: scripts/install-deps)")?;
+    if !st.success() {
+        bail!("javac failed on {}", src.display());
+    }
+    Ok(DIR.get_or_init(|| out).clone())
+}
+
+/// The workload's cumulative ground truth.
+pub fn truth(port: u16) -> anyhow::Result<Truth> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(b"GET /truth HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")?;
+    let mut r = BufReader::new(s);
+    let body = crate::workload::http::read_body(&mut r)?;
+    Ok(serde_json::from_slice(&body)?)
+}
+
+/// The load generator as a child process.
+pub struct Load {
+    child: Child,
+}
+
+impl Load {
+    pub fn start(
+        port: u16,
+        concurrency: u32,
+        duration_s: f64,
+        think_ms: f64,
+    ) -> anyhow::Result<Load> {
+        let child = Command::new(workload_bin())
+            .args([
+                "load",
+                "--target",
+                &format!("127.0.0.1:{port}"),
+                "--concurrency",
+                &concurrency.to_string(),
+                "--duration-s",
+                &duration_s.to_string(),
+                "--think-ms",
+                &think_ms.to_string(),
+            ])
+            .stdout(Stdio::piped())
+            .spawn()?;
+        Ok(Load { child })
+    }
+
+    /// Waits for the load to end; returns its JSON summary.
+    pub fn finish(mut self) -> anyhow::Result<serde_json::Value> {
+        let mut out = String::new();
+        if let Some(mut o) = self.child.stdout.take() {
+            o.read_to_string(&mut out)?;
+        }
+        let _ = self.child.wait();
+        Ok(serde_json::from_str(out.trim())?)
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `scalewise-agent diagnose --format json` and returns the first service's diagnosis.
+pub fn diagnose(
+    pids: &[u32],
+    duration_s: f64,
+    extra: &[&str],
+) -> anyhow::Result<serde_json::Value> {
+    let mut cmd = Command::new(agent_bin());
+    cmd.args([
+        "diagnose",
+        "--format",
+        "json",
+        "--quiet",
+        "--duration",
+        &duration_s.to_string(),
+    ]);
+    for p in pids {
+        cmd.args(["--pid", &p.to_string()]);
+    }
+    cmd.args(extra);
+    let out = cmd.output().context("running scalewise-agent")?;
+    if !out.status.success() {
+        bail!("agent failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    Ok(v["services"][0].clone())
+}
+
+/// Serialises tests that load the machine (2 cores: accuracy needs them alone).
+pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}

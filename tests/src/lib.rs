@@ -1,0 +1,6 @@
+//! scalewise's end-to-end test support: workloads that record their own ground truth, and a
+//! harness that starts real servers (a private PostgreSQL cluster, the workloads, a JVM) on
+//! loopback and stops them by pid.
+
+pub mod harness;
+pub mod workload;
