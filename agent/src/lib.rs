@@ -1,0 +1,24 @@
+//! scalewise-agent: samples running processes, without code changes, and tells where their
+//! request time goes.
+//!
+//! Data flow: samplers ([`sampler::threads`], [`sampler::sockets`], [`cgroup`], [`gc`]) feed a
+//! [`session::Session`], which keeps one cumulative [`scalewise_collector::Budget`] per service;
+//! [`diagnose`] runs a session for a while and hands the budget to the shared engine in
+//! `scalewise-collector`. Parsers of data the monitored process controls ([`procfs`],
+//! [`sockdiag`], [`gc`]) are pure functions over bytes, tested with hostile input and fuzzed.
+
+pub mod cgroup;
+pub mod demo;
+pub mod deps;
+pub mod diagnose;
+pub mod gc;
+pub mod procfs;
+pub mod render;
+pub mod session;
+pub mod sockdiag;
+
+pub mod sampler {
+    //! Samplers: each reads one kind of kernel signal about the service's processes.
+    pub mod sockets;
+    pub mod threads;
+}
