@@ -69,16 +69,36 @@ fn spawn(bin: &Path, args: &[String]) -> Result<Proc, DemoError> {
     Ok(Proc { child, port })
 }
 
-/// Ground truth shares from the workload's `/truth` endpoint (cumulative counters).
+/// Ground truth from the workload's `/truth` endpoint (cumulative counters). The response is
+/// read by its Content-Length: the workloads keep connections alive.
 fn truth(port: u16) -> Option<serde_json::Value> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(b"GET /truth HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    s.write_all(b"GET /truth HTTP/1.1\r\nHost: x\r\n\r\n")
         .ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    let json = body.split("\r\n\r\n").nth(1)?;
-    serde_json::from_str(json).ok()
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = s.read(&mut chunk).ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().to_string())
+                })
+                .and_then(|v| v.parse().ok())?;
+            if body.len() >= len {
+                return serde_json::from_str(&body[..len]).ok();
+            }
+        }
+    }
 }
 
 fn truth_shares(before: &serde_json::Value, after: &serde_json::Value) -> Option<[f64; 3]> {
