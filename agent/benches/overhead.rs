@@ -128,6 +128,8 @@ fn main() {
         .map(|d| d.count())
         .unwrap_or(0);
     let start = Instant::now();
+    // Reaped by wait4 below, which is how its rusage is read.
+    #[allow(clippy::zombie_processes)]
     let child = Command::new(&agent)
         .args([
             "diagnose",

@@ -426,8 +426,10 @@ mod tests {
         let d = diagnose("s", &[1], &b, &Thresholds::default());
         assert_eq!(d.verdict, Verdict::InsufficientData);
         assert_eq!(d.confidence, 0.0);
-        let mut none = Budget::default();
-        none.window_s = 5.0;
+        let none = Budget {
+            window_s: 5.0,
+            ..Budget::default()
+        };
         let d = diagnose("s", &[1], &none, &Thresholds::default());
         assert_eq!(d.verdict, Verdict::InsufficientData);
         assert_eq!(d.breakdown, Breakdown::default());

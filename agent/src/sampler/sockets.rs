@@ -223,7 +223,8 @@ impl SocketSampler {
             // scan has seen them, and unaccepted ones (inode 0) have no owner yet. No other
             // socket of this network namespace can have our listening port as its local port.
             let inbound = self.listen_ports.contains(&s.local.port());
-            if !inbound && !(s.inode != 0 && owned(s.inode)) {
+            let ours = inbound || (s.inode != 0 && owned(s.inode));
+            if !ours {
                 continue;
             }
             if inbound && s.inode == 0 && s.state != TCP_ESTABLISHED {
