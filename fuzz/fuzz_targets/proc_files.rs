@@ -1,0 +1,12 @@
+//! /proc/PID/{stat,schedstat,syscall,status} and fd link targets: a thread names itself.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+use scalewise_agent::procfs::*;
+
+fuzz_target!(|data: &[u8]| {
+    let _ = parse_stat(data);
+    let _ = parse_schedstat(data);
+    let _ = parse_syscall(data);
+    let _ = parse_status(data);
+    let _ = parse_socket_link(data);
+});
