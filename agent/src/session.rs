@@ -483,7 +483,16 @@ impl Session {
         self.step(now);
         self.read_counters(now);
         let mut b = self.budget.clone();
-        // The GC share is carved out of request time: in-process waiting no longer.
+        let (mut denied, mut malformed) = (0, 0);
+        for t in &self.targets {
+            denied += t.threads.errors.permission_denied;
+            malformed += t.threads.errors.malformed;
+        }
+        for (kind, n) in [("permission_denied", denied), ("malformed", malformed)] {
+            if n > 0 {
+                *self.errors.entry(("threads", kind)).or_default() += n;
+            }
+        }
         if self.targets.iter().any(|t| t.threads.syscall_denied) {
             note(
                 &mut self.notes,

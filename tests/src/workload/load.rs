@@ -20,7 +20,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         .map(|i| {
             let (target, path) = (target.clone(), path.clone());
             std::thread::spawn(move || {
-                let mut rng: u64 = 0x2545f4914f6cdd1d ^ ((i as u64 + 1).wrapping_mul(0x9e3779b97f4a7c15));
+                let mut rng: u64 =
+                    0x2545f4914f6cdd1d ^ ((i as u64 + 1).wrapping_mul(0x9e3779b97f4a7c15));
                 let mut lat = Vec::new();
                 let mut errors = 0u32;
                 let mut conn: Option<BufReader<TcpStream>> = None;
