@@ -51,7 +51,12 @@ enum Cmd {
         #[arg(long)]
         service: Option<String>,
         /// How long to sample, in seconds. Longer windows give more confident answers.
-        #[arg(long, default_value_t = 20.0, value_name = "SECONDS")]
+        #[arg(
+            long,
+            default_value_t = 20.0,
+            value_name = "SECONDS",
+            allow_negative_numbers = true
+        )]
         duration: f64,
         /// Name a downstream endpoint: ADDR:PORT=NAME[:KIND], e.g. 10.0.0.5:5432=orders-db.
         #[arg(long = "dependency", value_name = "ADDR:PORT=NAME")]

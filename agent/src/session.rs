@@ -78,6 +78,8 @@ struct Target {
     fds_denied: bool,
     gc: Option<Box<dyn GcSource>>,
     gc_last: Option<f64>,
+    /// (window_s, request_s) when the GC reading last changed.
+    gc_mark: (f64, f64),
     alive: bool,
 }
 
@@ -107,8 +109,6 @@ pub struct Session {
     last_step: Option<Instant>,
     last_discovery: Option<Instant>,
     last_thread_states: Option<Instant>,
-    gc_request_s_mark: f64,
-    gc_window_mark: f64,
     throttled: HashMap<String, f64>,
     /// Cores the service may use, re-read at each discovery (quotas change rarely).
     capacity_cores: f64,
@@ -168,6 +168,7 @@ impl Session {
                 fds_denied: false,
                 gc,
                 gc_last: None,
+                gc_mark: (0.0, 0.0),
                 alive: true,
             });
         }
@@ -199,8 +200,6 @@ impl Session {
             last_step: None,
             last_discovery: None,
             last_thread_states: None,
-            gc_request_s_mark: 0.0,
-            gc_window_mark: 0.0,
             throttled: HashMap::new(),
             capacity_cores: 0.0,
             errors: ErrorCounts::new(),
@@ -371,12 +370,12 @@ impl Session {
         for e in errors {
             self.count(e.0, e.1);
         }
-        self.read_counters(now);
+        self.read_counters(now, false);
     }
 
     /// Schedstat, process CPU, cgroup throttling and GC: cumulative counters turned into budget
     /// totals (assigned, not added, so reading them more often changes nothing).
-    fn read_counters(&mut self, _now: Instant) {
+    fn read_counters(&mut self, _now: Instant, last: bool) {
         let mut app_cpu_ns = 0u64;
         let mut gc_cpu_ns = 0u64;
         let mut delay_ns = 0u64;
@@ -434,20 +433,19 @@ impl Session {
             self.capacity_cores = capacity.values().sum();
         }
 
-        // GC pauses stall every request in flight: weight by the mean in-flight since last read.
-        let since_window = self.budget.window_s - self.gc_window_mark;
-        let in_flight = if since_window > 0.0 {
-            (self.budget.request_s - self.gc_request_s_mark) / since_window
-        } else {
-            0.0
-        };
-        self.gc_window_mark = self.budget.window_s;
-        self.gc_request_s_mark = self.budget.request_s;
         let mut errors = Vec::new();
         for t in self.targets.iter_mut().filter(|t| t.alive) {
             let Some(src) = t.gc.as_mut() else { continue };
-            match src.read() {
+            let reading = if last { src.read_final() } else { src.read() };
+            match reading {
                 Ok(r) => {
+                    tracing::debug!(
+                        pid = t.pid,
+                        source = r.source,
+                        pause_s = r.pause_s,
+                        last,
+                        "GC reading"
+                    );
                     if matches!(r.semantics, GcSemantics::CountsOnly) {
                         note(
                             &mut self.notes,
@@ -457,15 +455,27 @@ impl Session {
                             ),
                         );
                     }
-                    if let Some(prev) = t.gc_last {
-                        let d = r.pause_s - prev;
-                        if d >= 0.0 {
+                    // Pauses stall every request in flight: weight a change by the mean in-flight
+                    // since the reading last changed (a rate-limited source repeats itself).
+                    let (w0, r0) = t.gc_mark;
+                    let since = self.budget.window_s - w0;
+                    let in_flight = if since > 0.0 {
+                        (self.budget.request_s - r0) / since
+                    } else {
+                        0.0
+                    };
+                    match t.gc_last {
+                        Some(prev) if r.pause_s == prev => continue,
+                        Some(prev) if r.pause_s > prev => {
+                            let d = r.pause_s - prev;
                             self.budget.gc_pause_s += d;
                             self.budget.gc_s += d * in_flight;
                         }
-                        // A smaller value is a restart or a torn read: rebase, add nothing.
+                        // First reading, or a smaller value (a restart, a torn read): rebase.
+                        _ => {}
                     }
                     t.gc_last = Some(r.pause_s);
+                    t.gc_mark = (self.budget.window_s, self.budget.request_s);
                 }
                 Err(e) => {
                     tracing::debug!(pid = t.pid, error = %e, "GC source unreadable");
@@ -481,7 +491,7 @@ impl Session {
     /// The budget so far, with a final read of the slow counters.
     pub fn finish(&mut self, now: Instant) -> Budget {
         self.step(now);
-        self.read_counters(now);
+        self.read_counters(now, true);
         let mut b = self.budget.clone();
         let (mut denied, mut malformed) = (0, 0);
         for t in &self.targets {

@@ -241,6 +241,32 @@ impl Service {
         Service::spawn("java", &all)
     }
 
+    /// The Go workload (tests/go/main.go), built once into a temp dir with the machine's `go`.
+    pub fn go(args: &[&str]) -> anyhow::Result<Service> {
+        static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+        let bin = match BIN.get() {
+            Some(b) => b.clone(),
+            None => {
+                let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("go/main.go");
+                let out = temp_dir("go")?.join("gowork");
+                let st = Command::new("go")
+                    .arg("build")
+                    .arg("-o")
+                    .arg(&out)
+                    .arg(&src)
+                    .env("GOFLAGS", "")
+                    .env("GO111MODULE", "off")
+                    .status()
+                    .context("running go build (install Go: scripts/install-deps)")?;
+                if !st.success() {
+                    bail!("go build failed on {}", src.display());
+                }
+                BIN.get_or_init(|| out).clone()
+            }
+        };
+        Service::spawn(bin, args)
+    }
+
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }

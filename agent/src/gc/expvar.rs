@@ -56,6 +56,13 @@ impl GcSource for ExpvarSource {
         Ok(r)
     }
 
+    /// The end of a window reads even inside the interval: one extra stop-the-world read per
+    /// window, so a window shorter than the interval still sees a change.
+    fn read_final(&mut self) -> Result<GcReading, GcError> {
+        self.last = None;
+        self.read()
+    }
+
     fn describe(&self) -> String {
         format!(
             "expvar {} (every {}s at most)",

@@ -9,6 +9,7 @@
 
 pub mod expvar;
 pub mod hsperf;
+pub mod otlp;
 pub mod prom;
 
 use std::path::Path;
@@ -69,6 +70,11 @@ impl GcError {
 /// A source of cumulative GC readings for one process.
 pub trait GcSource: Send {
     fn read(&mut self) -> Result<GcReading, GcError>;
+    /// The last read of a window: sources that rate-limit themselves read anyway, once, so a
+    /// window shorter than their interval still has two readings.
+    fn read_final(&mut self) -> Result<GcReading, GcError> {
+        self.read()
+    }
     fn describe(&self) -> String;
 }
 
@@ -171,15 +177,48 @@ pub fn http_get(url: &str, timeout: Duration, max_body: usize) -> Result<Vec<u8>
     if status != "200" {
         return Err(err(format!("HTTP status {status}")));
     }
+    let mut body = buf[split + 4..].to_vec();
     if head
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked")
     {
-        return Err(err("chunked responses are not supported".into()));
+        body = dechunk(&body).ok_or_else(|| err("malformed chunked body".into()))?;
     }
-    let body = buf[split + 4..].to_vec();
     if body.len() > max_body {
         return Err(err(format!("body larger than {max_body} bytes")));
     }
     Ok(body)
+}
+
+/// Decodes an HTTP/1.1 chunked body (Go's net/http sends larger responses this way).
+pub fn dechunk(mut raw: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = raw.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = std::str::from_utf8(&raw[..line_end]).ok()?;
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        raw = &raw[line_end + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(raw.get(..size)?);
+        raw = raw.get(size..)?.strip_prefix(b"\r\n")?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dechunk;
+
+    #[test]
+    fn chunked_bodies() {
+        assert_eq!(
+            dechunk(b"4\r\nWiki\r\n5;x=y\r\npedia\r\n0\r\n\r\n").as_deref(),
+            Some(&b"Wikipedia"[..])
+        );
+        assert_eq!(dechunk(b"ff\r\nshort"), None);
+        assert_eq!(dechunk(b"zz\r\n"), None);
+        assert_eq!(dechunk(b""), None);
+        assert_eq!(dechunk(b"ffffffffffffffffffff\r\n"), None);
+    }
 }

@@ -1,0 +1,127 @@
+//! The `scalewise-agent` binary as a user meets it: bad pids, processes that exit mid-window,
+//! missing permissions, bad flags. Each gets a clear message and, where there is data, a report.
+
+use std::process::Command;
+
+use scalewise_e2e::harness::{agent_bin, exclusive, Load, Service};
+
+fn agent(args: &[&str]) -> std::process::Output {
+    Command::new(agent_bin())
+        .args(args)
+        .output()
+        .expect("run agent")
+}
+
+#[test]
+fn unknown_pid_is_a_clear_error() {
+    // Pids above pid_max cannot exist.
+    let out = agent(&["diagnose", "--pid", "4194305", "--duration", "1"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no process with pid 4194305"), "{err}");
+}
+
+#[test]
+fn bad_flags_say_what_is_wrong() {
+    let out = agent(&["diagnose", "--pid", "1", "--duration", "-3"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--duration"));
+    let out = agent(&["diagnose", "--pid", "1", "--dependency", "nonsense"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ADDR:PORT=NAME"));
+    let out = agent(&["diagnose", "--help"]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    for word in [
+        "--pid",
+        "--duration",
+        "--dependency",
+        "--format",
+        "--metrics-url",
+    ] {
+        assert!(help.contains(word), "--help lacks {word}");
+    }
+}
+
+#[test]
+fn a_process_that_exits_mid_window_is_reported_with_what_was_gathered() {
+    let _x = exclusive();
+    let svc = Service::workload(&["serve", "--workers", "4", "--cpu-ms", "2"]).expect("service");
+    let _load = Load::start(svc.port, 2, 10.0, 0.0).expect("load");
+    let pid = svc.pid;
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        drop(svc);
+    });
+    let start = std::time::Instant::now();
+    let out = agent(&[
+        "diagnose",
+        "--pid",
+        &pid.to_string(),
+        "--duration",
+        "20",
+        "--format",
+        "json",
+        "--quiet",
+    ]);
+    killer.join().expect("killer");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        start.elapsed().as_secs_f64() < 12.0,
+        "the agent should stop sampling once its only process is gone"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let d = &v["services"][0];
+    let evidence = d["evidence"].to_string();
+    assert!(evidence.contains("exited"), "{d:#}");
+    assert!(d["window_s"].as_f64().unwrap_or(0.0) >= 2.0, "{d:#}");
+    assert!(
+        d["requests"]["rate_per_s"].as_f64().unwrap_or(0.0) > 0.0,
+        "{d:#}"
+    );
+}
+
+#[test]
+fn missing_permissions_name_the_capability() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to run the agent as another user");
+        return;
+    }
+    let _x = exclusive();
+    let svc = Service::workload(&["serve", "--workers", "2", "--cpu-ms", "1"]).expect("service");
+    let _load = Load::start(svc.port, 2, 6.0, 0.0).expect("load");
+    // The agent as `nobody` watching a root process: /proc/PID/fd and syscall are closed to it.
+    let out = Command::new("runuser")
+        .args(["-u", "nobody", "--"])
+        .arg(agent_bin())
+        .args([
+            "diagnose",
+            "--pid",
+            &svc.pid.to_string(),
+            "--duration",
+            "3",
+            "--format",
+            "json",
+            "--quiet",
+        ])
+        .output()
+        .expect("runuser");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let d = &v["services"][0];
+    assert_eq!(d["verdict"], "insufficient_data", "{d:#}");
+    assert!(
+        d["evidence"].to_string().contains("CAP_SYS_PTRACE"),
+        "{d:#}"
+    );
+    let errors = v["agent"]["sampler_errors"].to_string();
+    assert!(errors.contains("permission_denied"), "{errors}");
+}

@@ -1,0 +1,79 @@
+// A Go sample service for scalewise's GC tests: standard library only.
+//
+//	gowork --alloc-kb N --cpu-ms X
+//
+// GET /work allocates N KiB of short-lived garbage and burns X ms of CPU; /debug/vars is expvar
+// (memstats.PauseTotalNs); /metrics exposes go_gc_duration_seconds as the Prometheus Go client
+// does (a summary of stop-the-world pauses); /truth is the service's own view: total GC pause
+// over wall time. It prints "listening ADDR" when ready.
+package main
+
+import (
+	_ "expvar"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"runtime"
+	"runtime/debug"
+	"time"
+)
+
+var sink []byte
+
+func main() {
+	allocKB := flag.Int("alloc-kb", 2048, "garbage per request, KiB")
+	cpuMs := flag.Float64("cpu-ms", 1, "CPU per request, ms")
+	flag.Parse()
+	start := time.Now()
+	var startPause time.Duration
+	{
+		var s debug.GCStats
+		debug.ReadGCStats(&s)
+		startPause = s.PauseTotal
+	}
+	http.HandleFunc("/work", func(w http.ResponseWriter, r *http.Request) {
+		for i := 0; i < *allocKB/64; i++ {
+			b := make([]byte, 64*1024)
+			b[i%len(b)] = byte(i)
+			if i%16 == 0 {
+				sink = b
+			}
+		}
+		end := time.Now().Add(time.Duration(*cpuMs * float64(time.Millisecond)))
+		x := uint64(88172645463325252)
+		for time.Now().Before(end) {
+			x ^= x << 13
+			x ^= x >> 7
+			x ^= x << 17
+		}
+		fmt.Fprintf(w, "{\"ok\":%d}", x&1)
+	})
+	http.HandleFunc("/metrics", func(w http.ResponseWriter, r *http.Request) {
+		var s debug.GCStats
+		s.PauseQuantiles = make([]time.Duration, 5)
+		debug.ReadGCStats(&s)
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+		fmt.Fprintln(w, "# HELP go_gc_duration_seconds A summary of the pause duration of garbage collection cycles.")
+		fmt.Fprintln(w, "# TYPE go_gc_duration_seconds summary")
+		for i, q := range []string{"0", "0.25", "0.5", "0.75", "1"} {
+			fmt.Fprintf(w, "go_gc_duration_seconds{quantile=%q} %g\n", q, s.PauseQuantiles[i].Seconds())
+		}
+		fmt.Fprintf(w, "go_gc_duration_seconds_sum %g\n", s.PauseTotal.Seconds())
+		fmt.Fprintf(w, "go_gc_duration_seconds_count %d\n", s.NumGC)
+		fmt.Fprintf(w, "# TYPE go_goroutines gauge\ngo_goroutines %d\n", runtime.NumGoroutine())
+	})
+	http.HandleFunc("/truth", func(w http.ResponseWriter, r *http.Request) {
+		var s debug.GCStats
+		debug.ReadGCStats(&s)
+		fmt.Fprintf(w, "{\"requests\":0,\"latency_s\":0,\"cpu_s\":0,\"cpu_wait_s\":0,\"downstream_s\":0,"+
+			"\"lock_wait_s\":0,\"pool_wait_s\":0,\"worker_wait_s\":0,\"gc_s\":%g,\"wall_s\":%g}",
+			(s.PauseTotal - startPause).Seconds(), time.Since(start).Seconds())
+	})
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	fmt.Printf("listening %s\n", l.Addr())
+	panic(http.Serve(l, nil))
+}
