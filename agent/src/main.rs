@@ -97,6 +97,16 @@ fn seconds(s: f64) -> anyhow::Result<Duration> {
     Ok(Duration::from_secs_f64(s))
 }
 
+/// Writes to stdout; a reader that went away (`| head`) ends the output quietly, not in a panic.
+fn emit(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|_| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Cmd::Diagnose {
@@ -134,10 +144,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 },
             )?;
             match format {
-                Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                Format::Json => emit(&serde_json::to_string_pretty(&report)?)?,
                 Format::Text => {
                     for d in &report.services {
-                        println!("{}", scalewise_agent::render::text(d));
+                        emit(&scalewise_agent::render::text(d))?;
                     }
                 }
             }
@@ -148,16 +158,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             match format {
                 Format::Json => {
                     let services: Vec<_> = cases.iter().map(|c| &c.diagnosis).collect();
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(&serde_json::json!({ "services": services }))?
-                    );
+                    emit(&serde_json::to_string_pretty(
+                        &serde_json::json!({ "services": services }),
+                    )?)?;
                 }
                 Format::Text => {
                     for c in &cases {
-                        println!("{}", scalewise_agent::render::text(&c.diagnosis));
+                        emit(&scalewise_agent::render::text(&c.diagnosis))?;
                     }
-                    println!("{}", scalewise_agent::demo::summary(&cases));
+                    emit(&scalewise_agent::demo::summary(&cases))?;
                 }
             }
         }

@@ -313,3 +313,132 @@ fn jvm_g1_low_gc() {
     });
     assert!(d["breakdown"]["gc"].as_f64().unwrap_or(1.0) < 0.05, "{d:#}");
 }
+
+/// A slow HTTP backend for the Python and Node services.
+fn backend() -> Service {
+    Service::workload(&["backend", "--port", "0", "--ms", "20"]).expect("backend")
+}
+
+fn script(dir: &str, file: &str) -> String {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(dir)
+        .join(file)
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[test]
+fn python_threads_waiting_on_a_backend() {
+    let _x = exclusive();
+    let b = backend();
+    let svc = Service::spawn(
+        "python3",
+        &[
+            &script("python", "workload.py"),
+            "--cpu-ms",
+            "2",
+            "--backend",
+            &b.addr(),
+            "--backend-ms",
+            "20",
+        ],
+    )
+    .expect("python");
+    run(Scenario {
+        name: "python-threads-backend",
+        service: svc,
+        concurrency: 4,
+        think_ms: 0.0,
+        verdict: Some("dependency"),
+        // CPython records no run-queue delay of its own.
+        skip: &["cpu_wait"],
+        flags: vec![],
+    });
+}
+
+#[test]
+fn python_gil_and_lock_contention() {
+    let _x = exclusive();
+    let svc = Service::spawn(
+        "python3",
+        &[
+            &script("python", "workload.py"),
+            "--cpu-ms",
+            "1",
+            "--lock-ms",
+            "5",
+        ],
+    )
+    .expect("python");
+    run(Scenario {
+        name: "python-lock",
+        service: svc,
+        concurrency: 6,
+        think_ms: 0.0,
+        verdict: Some("scale_out"),
+        skip: &["cpu_wait"],
+        flags: vec![],
+    });
+}
+
+#[test]
+fn node_event_loop_waiting_on_a_backend() {
+    let _x = exclusive();
+    let b = backend();
+    let svc = Service::spawn(
+        "node",
+        &[
+            &script("node", "workload.js"),
+            "--cpu-ms",
+            "2",
+            "--backend",
+            &b.addr(),
+            "--backend-ms",
+            "20",
+        ],
+    )
+    .expect("node");
+    let port = svc.port;
+    let (d, truth) = run(Scenario {
+        name: "node-event-loop-backend",
+        service: svc,
+        concurrency: 6,
+        think_ms: 10.0,
+        verdict: Some("dependency"),
+        // cpu_s is loop time spent burning, as the script measures it; GC is checked below.
+        skip: &["cpu_wait", "gc"],
+        flags: vec![
+            "--metrics-url".into(),
+            format!("http://127.0.0.1:{port}/metrics"),
+        ],
+    });
+    let gc = d["breakdown"]["gc"].as_f64().unwrap_or(f64::NAN);
+    assert!(
+        (gc - truth.gc).abs() <= TOLERANCE,
+        "gc {gc} vs {}: {d:#}",
+        truth.gc
+    );
+}
+
+#[test]
+fn node_saturated_event_loop_is_scale_up() {
+    let _x = exclusive();
+    let svc =
+        Service::spawn("node", &[&script("node", "workload.js"), "--cpu-ms", "8"]).expect("node");
+    // One loop thread on a 2-core machine: the box has headroom, the loop has none.
+    let (d, _) = run(Scenario {
+        name: "node-hot-loop",
+        service: svc,
+        concurrency: 4,
+        think_ms: 0.0,
+        verdict: Some("scale_up"),
+        skip: &["cpu", "cpu_wait", "downstream", "local_wait", "gc"],
+        flags: vec![],
+    });
+    assert!(
+        d["evidence"]
+            .to_string()
+            .contains("single saturated thread"),
+        "{d:#}"
+    );
+}
