@@ -2,7 +2,7 @@
 //! endpoint, and a JVM that publishes no hsperfdata file. The JVM hsperfdata scenarios with
 //! ground truth are in accuracy.rs.
 
-use scalewise_e2e::harness::{diagnose, exclusive, Load, Service};
+use scalewise_e2e::harness::{diagnose, diagnose_report, exclusive, Load, Service};
 
 const WINDOW_S: f64 = 6.0;
 
@@ -59,22 +59,12 @@ fn an_unreachable_metrics_url_is_counted_and_sampling_goes_on() {
     let _x = exclusive();
     let svc = Service::workload(&["serve", "--workers", "2", "--cpu-ms", "1"]).expect("service");
     let _load = Load::start(svc.port, 2, 6.0, 0.0).expect("load");
-    let out = std::process::Command::new(scalewise_e2e::harness::agent_bin())
-        .args([
-            "diagnose",
-            "--pid",
-            &svc.pid.to_string(),
-            "--duration",
-            "3",
-            "--format",
-            "json",
-            "--quiet",
-        ])
-        .args(["--metrics-url", "http://127.0.0.1:1/metrics"])
-        .output()
-        .expect("agent");
-    assert!(out.status.success());
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let v = diagnose_report(
+        &[svc.pid],
+        3.0,
+        &["--metrics-url", "http://127.0.0.1:1/metrics"],
+    )
+    .expect("the agent goes on without its GC source");
     let errors = v["agent"]["sampler_errors"].to_string();
     assert!(
         errors.contains("\"gc\"") && errors.contains("http"),

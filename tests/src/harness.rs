@@ -359,8 +359,9 @@ impl Drop for Load {
     }
 }
 
-/// Runs `scalewise-agent diagnose --format json` and returns the first service's diagnosis.
-pub fn diagnose(
+/// Runs `scalewise-agent diagnose --format json` and returns the whole report (`services` and
+/// the agent's own `sampler_errors`).
+pub fn diagnose_report(
     pids: &[u32],
     duration_s: f64,
     extra: &[&str],
@@ -382,8 +383,16 @@ pub fn diagnose(
     if !out.status.success() {
         bail!("agent failed: {}", String::from_utf8_lossy(&out.stderr));
     }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    Ok(v["services"][0].clone())
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// The first service's diagnosis from [`diagnose_report`].
+pub fn diagnose(
+    pids: &[u32],
+    duration_s: f64,
+    extra: &[&str],
+) -> anyhow::Result<serde_json::Value> {
+    Ok(diagnose_report(pids, duration_s, extra)?["services"][0].clone())
 }
 
 /// Serialises tests that load the machine (2 cores: accuracy needs them alone).
