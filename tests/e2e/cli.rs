@@ -125,3 +125,30 @@ fn missing_permissions_name_the_capability() {
     let errors = v["agent"]["sampler_errors"].to_string();
     assert!(errors.contains("permission_denied"), "{errors}");
 }
+
+#[test]
+fn a_service_of_two_processes_is_diagnosed_as_one() {
+    let _x = exclusive();
+    let a = Service::workload(&["serve", "--workers", "4", "--cpu-ms", "1", "--lock-ms", "4"])
+        .expect("a");
+    let b = Service::workload(&["serve", "--workers", "4", "--cpu-ms", "1", "--lock-ms", "4"])
+        .expect("b");
+    let _la = Load::start(a.port, 3, 10.0, 0.0).expect("load a");
+    let _lb = Load::start(b.port, 3, 10.0, 0.0).expect("load b");
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let (a0, b0) = (a.truth().expect("truth"), b.truth().expect("truth"));
+    let d = scalewise_e2e::harness::diagnose(&[a.pid, b.pid], 5.0, &["--service", "orders"])
+        .expect("diagnose");
+    let (a1, b1) = (a.truth().expect("truth"), b.truth().expect("truth"));
+    let (da, db) = (a1.delta(&a0), b1.delta(&b0));
+    let true_rate = (da.requests + db.requests) / da.wall_s;
+    let true_in_flight = (da.latency_s + db.latency_s) / da.wall_s;
+    assert_eq!(d["service"], "orders");
+    assert_eq!(d["pids"].as_array().map(|p| p.len()), Some(2), "{d:#}");
+    let rate = d["requests"]["rate_per_s"].as_f64().unwrap_or(0.0);
+    let in_flight = d["requests"]["mean_in_flight"].as_f64().unwrap_or(0.0);
+    eprintln!("two processes: rate {rate:.1} (truth {true_rate:.1}), in flight {in_flight:.2} (truth {true_in_flight:.2})");
+    assert!((rate / true_rate - 1.0).abs() < 0.15, "rate {rate} vs {true_rate}: {d:#}");
+    assert!((in_flight - true_in_flight).abs() < 0.1 * true_in_flight.max(1.0), "{d:#}");
+    assert_eq!(d["verdict"], "scale_out", "{d:#}");
+}
