@@ -110,6 +110,7 @@ pub struct Session {
     last_discovery: Option<Instant>,
     last_thread_states: Option<Instant>,
     throttled: HashMap<String, f64>,
+    pressure: HashMap<String, f64>,
     /// Cores the service may use, re-read at each discovery (quotas change rarely).
     capacity_cores: f64,
     pub errors: ErrorCounts,
@@ -201,6 +202,7 @@ impl Session {
             last_discovery: None,
             last_thread_states: None,
             throttled: HashMap::new(),
+            pressure: HashMap::new(),
             capacity_cores: 0.0,
             errors: ErrorCounts::new(),
             progress: Progress::default(),
@@ -416,6 +418,7 @@ impl Session {
 
         // Processes sharing a cgroup share its capacity and its throttling: count each once.
         let mut throttled_total = 0.0;
+        let mut pressure_total = 0.0;
         let mut capacity: HashMap<&str, f64> = HashMap::new();
         for t in self.targets.iter().filter(|t| t.alive) {
             if capacity.contains_key(t.cgroup_key.as_str()) {
@@ -427,8 +430,13 @@ impl Session {
                 let base = *self.throttled.entry(t.cgroup_key.clone()).or_insert(th);
                 throttled_total += (th - base).max(0.0);
             }
+            if let Some(p) = reading.pressure_some_s {
+                let base = *self.pressure.entry(t.cgroup_key.clone()).or_insert(p);
+                pressure_total += (p - base).max(0.0);
+            }
         }
         self.budget.throttled_s = throttled_total;
+        self.budget.cpu_pressure_s = pressure_total;
         if !capacity.is_empty() {
             self.capacity_cores = capacity.values().sum();
         }

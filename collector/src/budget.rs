@@ -71,6 +71,8 @@ pub struct Budget {
     pub capacity_core_s: f64,
     /// Seconds the service's cgroup was throttled by its CPU quota.
     pub throttled_s: f64,
+    /// Seconds at least one task of the service's cgroup waited for a CPU (`cpu.pressure` some).
+    pub cpu_pressure_s: f64,
     /// Thread-seconds application threads were sampled blocked on locks/futexes.
     pub blocked_lock_s: f64,
     /// Largest share of the window any single thread spent on CPU or runnable.
@@ -122,6 +124,7 @@ impl Budget {
         self.gc_thread_cpu_s += other.gc_thread_cpu_s;
         self.capacity_core_s += other.capacity_core_s;
         self.throttled_s += other.throttled_s;
+        self.cpu_pressure_s += other.cpu_pressure_s;
         self.blocked_lock_s += other.blocked_lock_s;
         if other.busiest_thread_busy_s > self.busiest_thread_busy_s {
             self.busiest_thread_busy_s = other.busiest_thread_busy_s;
@@ -177,6 +180,7 @@ impl Budget {
             gc_thread_cpu_s: d(self.gc_thread_cpu_s, earlier.gc_thread_cpu_s)?,
             capacity_core_s: d(self.capacity_core_s, earlier.capacity_core_s)?,
             throttled_s: d(self.throttled_s, earlier.throttled_s)?,
+            cpu_pressure_s: d(self.cpu_pressure_s, earlier.cpu_pressure_s)?,
             blocked_lock_s: d(self.blocked_lock_s, earlier.blocked_lock_s)?,
             // A maximum has no difference; the later snapshot's is the best we have.
             busiest_thread_busy_s: self.busiest_thread_busy_s,

@@ -192,6 +192,12 @@ pub fn diagnose(service: &str, pids: &[u32], b: &Budget, t: &Thresholds) -> Diag
             b.throttled_s, window
         ));
     }
+    if b.cpu_pressure_s > 0.0 && window > 0.0 {
+        evidence.push(format!(
+            "cgroup cpu.pressure: some task waited for a CPU {} of the time",
+            pct(b.cpu_pressure_s / window)
+        ));
+    }
     evidence.push(format!(
         "requests: {:.1}/s, mean latency {:.1} ms, mean in flight {:.2} (source: {})",
         requests.rate_per_s, requests.mean_latency_ms, requests.mean_in_flight, requests.source

@@ -148,7 +148,13 @@ fn a_service_of_two_processes_is_diagnosed_as_one() {
     let rate = d["requests"]["rate_per_s"].as_f64().unwrap_or(0.0);
     let in_flight = d["requests"]["mean_in_flight"].as_f64().unwrap_or(0.0);
     eprintln!("two processes: rate {rate:.1} (truth {true_rate:.1}), in flight {in_flight:.2} (truth {true_in_flight:.2})");
-    assert!((rate / true_rate - 1.0).abs() < 0.15, "rate {rate} vs {true_rate}: {d:#}");
-    assert!((in_flight - true_in_flight).abs() < 0.1 * true_in_flight.max(1.0), "{d:#}");
+    assert!(
+        (rate / true_rate - 1.0).abs() < 0.15,
+        "rate {rate} vs {true_rate}: {d:#}"
+    );
+    assert!(
+        (in_flight - true_in_flight).abs() < 0.1 * true_in_flight.max(1.0),
+        "{d:#}"
+    );
     assert_eq!(d["verdict"], "scale_out", "{d:#}");
 }
