@@ -177,6 +177,19 @@ pub fn parse_socket_link(target: &[u8]) -> Option<u64> {
     std::str::from_utf8(inner).ok()?.parse().ok()
 }
 
+/// `PassiveOpens` from `/proc/PID/net/snmp` (the process's network namespace): connections
+/// accepted since boot, counted by the kernel whether or not anyone sampled them.
+pub fn parse_tcp_passive_opens(buf: &[u8]) -> Option<u64> {
+    let text = String::from_utf8_lossy(buf);
+    let mut tcp = text.lines().filter(|l| l.starts_with("Tcp:"));
+    let names = tcp.next()?;
+    let values = tcp.next()?;
+    let i = names
+        .split_ascii_whitespace()
+        .position(|n| n == "PassiveOpens")?;
+    values.split_ascii_whitespace().nth(i)?.parse().ok()
+}
+
 #[cfg(test)]
 #[path = "procfs_tests.rs"]
 mod tests;

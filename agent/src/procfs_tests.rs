@@ -113,6 +113,18 @@ fn socket_links() {
     assert_eq!(parse_socket_link(b"/dev/null"), None);
 }
 
+#[test]
+fn snmp_passive_opens() {
+    let snmp = b"Ip: Forwarding DefaultTTL\nIp: 1 64\nTcp: RtoAlgorithm RtoMin RtoMax MaxConn ActiveOpens PassiveOpens AttemptFails\nTcp: 1 200 120000 -1 2406 1958 3\nUdp: InDatagrams\nUdp: 5\n";
+    assert_eq!(parse_tcp_passive_opens(snmp), Some(1958));
+    assert_eq!(parse_tcp_passive_opens(b"Tcp: PassiveOpens\n"), None);
+    assert_eq!(
+        parse_tcp_passive_opens(b"Tcp: PassiveOpens\nTcp: x\n"),
+        None
+    );
+    assert_eq!(parse_tcp_passive_opens(b""), None);
+}
+
 proptest! {
     #[test]
     fn parsers_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
@@ -121,6 +133,7 @@ proptest! {
         let _ = parse_syscall(&bytes);
         let _ = parse_status(&bytes);
         let _ = parse_socket_link(&bytes);
+        let _ = parse_tcp_passive_opens(&bytes);
     }
 
     #[test]

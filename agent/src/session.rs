@@ -111,6 +111,8 @@ pub struct Session {
     last_thread_states: Option<Instant>,
     throttled: HashMap<String, f64>,
     pressure: HashMap<String, f64>,
+    /// The namespace's accepted-connection counter at the previous churn round.
+    passive_opens: Option<u64>,
     /// Cores the service may use, re-read at each discovery (quotas change rarely).
     capacity_cores: f64,
     pub errors: ErrorCounts,
@@ -203,6 +205,7 @@ impl Session {
             last_thread_states: None,
             throttled: HashMap::new(),
             pressure: HashMap::new(),
+            passive_opens: None,
             capacity_cores: 0.0,
             errors: ErrorCounts::new(),
             progress: Progress::default(),
@@ -277,8 +280,25 @@ impl Session {
                 if !sockets.listen_ports.is_empty() {
                     self.budget.request_source = RequestSource::Sockets;
                 }
+                tracing::trace!(
+                    full = round.full_dump,
+                    churn = sockets.churn,
+                    in_flight = round.in_flight,
+                    inbound = round.inbound_conns,
+                    dt,
+                    "socket round"
+                );
                 self.budget.request_s += round.in_flight * dt;
-                self.budget.requests += round.new_requests;
+                // Connections that open and close between two rounds are never seen; when they
+                // churn and every listener in the namespace is the service's, the kernel's
+                // count of accepted connections is a floor on new requests.
+                let mut new_requests = round.new_requests;
+                if let Some(accepted) =
+                    self.accepted_since_last(sockets.churn && !sockets.foreign_listeners)
+                {
+                    new_requests = new_requests.max(accepted);
+                }
+                self.budget.requests += new_requests;
                 self.budget.socket_samples += round.samples;
                 self.budget.ambiguous_samples += round.ambiguous;
                 for (endpoint, v) in round.awaiting {
@@ -308,6 +328,22 @@ impl Session {
             }
         }
         self.sockets = Some(sockets);
+    }
+
+    /// Connections accepted in the service's network namespace since the previous call (`None`
+    /// the first time, when not `wanted`, or when unreadable).
+    fn accepted_since_last(&mut self, wanted: bool) -> Option<f64> {
+        if !wanted {
+            self.passive_opens = None;
+            return None;
+        }
+        let pid = self.targets.iter().find(|t| t.alive)?.pid;
+        let path = self.cfg.proc_root.join(pid.to_string()).join("net/snmp");
+        let now = std::fs::read(path)
+            .ok()
+            .and_then(|b| crate::procfs::parse_tcp_passive_opens(&b))?;
+        let before = self.passive_opens.replace(now)?;
+        Some(now.saturating_sub(before) as f64)
     }
 
     fn discover(&mut self, now: Instant) {

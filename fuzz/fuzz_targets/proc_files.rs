@@ -9,4 +9,5 @@ fuzz_target!(|data: &[u8]| {
     let _ = parse_syscall(data);
     let _ = parse_status(data);
     let _ = parse_socket_link(data);
+    let _ = parse_tcp_passive_opens(data);
 });

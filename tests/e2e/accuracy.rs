@@ -22,6 +22,8 @@ struct Scenario<'a> {
     skip: &'a [&'a str],
     /// Extra flags for `diagnose`.
     flags: Vec<String>,
+    /// Extra flags for the load generator.
+    load_flags: &'a [&'a str],
 }
 
 fn run(s: Scenario) -> (serde_json::Value, TruthShares) {
@@ -90,6 +92,7 @@ fn cpu_saturated_thread_per_request() {
         verdict: Some("scale_up"),
         skip: &[],
         flags: vec![],
+        load_flags: &[],
     });
 }
 
@@ -121,6 +124,7 @@ fn dependency_bound_on_postgresql_thread_per_request() {
             "--dependency".into(),
             format!("{}=orders-db:postgresql", pg.addr()),
         ],
+        load_flags: &[],
     });
     assert_eq!(
         d["dependencies"][0]["endpoint"],
@@ -157,6 +161,7 @@ fn dependency_bound_through_an_event_loop() {
         verdict: Some("dependency"),
         skip: &[],
         flags: vec![],
+        load_flags: &[],
     });
 }
 
@@ -173,6 +178,7 @@ fn lock_contended() {
         verdict: Some("scale_out"),
         skip: &[],
         flags: vec![],
+        load_flags: &[],
     });
 }
 
@@ -202,6 +208,7 @@ fn connection_pool_starved_in_front_of_a_fast_database() {
         verdict: Some("scale_out"),
         skip: &[],
         flags: vec![],
+        load_flags: &[],
     });
 }
 
@@ -230,6 +237,7 @@ fn mixed_cpu_and_database() {
         verdict: None,
         skip: &[],
         flags: vec![],
+        load_flags: &[],
     });
 }
 
@@ -246,6 +254,7 @@ fn jvm_cpu_bound() {
         // The JVM cannot see its own run-queue delay: cpu_wait and local_wait have no truth.
         skip: &["cpu_wait", "local_wait"],
         flags: vec![],
+        load_flags: &[],
     });
 }
 
@@ -265,6 +274,7 @@ fn jvm_lock_contended() {
         verdict: Some("scale_out"),
         skip: &["cpu_wait"],
         flags: vec![],
+        load_flags: &[],
     });
 }
 
@@ -286,6 +296,7 @@ fn jvm_gc_heavy_stop_the_world() {
         // Allocation is CPU the JVM's thread clock sees only partly; the GC share is the point.
         skip: &["cpu", "cpu_wait", "local_wait"],
         flags: vec![],
+        load_flags: &[],
     });
     assert!(
         truth.gc >= 0.25,
@@ -310,6 +321,7 @@ fn jvm_g1_low_gc() {
         verdict: None,
         skip: &["cpu_wait"],
         flags: vec![],
+        load_flags: &[],
     });
     assert!(d["breakdown"]["gc"].as_f64().unwrap_or(1.0) < 0.05, "{d:#}");
 }
@@ -353,6 +365,7 @@ fn python_threads_waiting_on_a_backend() {
         // CPython records no run-queue delay of its own.
         skip: &["cpu_wait"],
         flags: vec![],
+        load_flags: &[],
     });
 }
 
@@ -378,6 +391,7 @@ fn python_gil_and_lock_contention() {
         verdict: Some("scale_out"),
         skip: &["cpu_wait"],
         flags: vec![],
+        load_flags: &[],
     });
 }
 
@@ -411,6 +425,7 @@ fn node_event_loop_waiting_on_a_backend() {
             "--metrics-url".into(),
             format!("http://127.0.0.1:{port}/metrics"),
         ],
+        load_flags: &[],
     });
     let gc = d["breakdown"]["gc"].as_f64().unwrap_or(f64::NAN);
     assert!(
@@ -434,6 +449,7 @@ fn node_saturated_event_loop_is_scale_up() {
         verdict: Some("scale_up"),
         skip: &["cpu", "cpu_wait", "downstream", "local_wait", "gc"],
         flags: vec![],
+        load_flags: &[],
     });
     assert!(
         d["evidence"]
@@ -441,4 +457,24 @@ fn node_saturated_event_loop_is_scale_up() {
             .contains("single saturated thread"),
         "{d:#}"
     );
+}
+
+#[test]
+fn short_lived_connections_one_request_each() {
+    let _x = exclusive();
+    let svc = Service::workload(&["serve", "--workers", "4", "--cpu-ms", "2", "--lock-ms", "4"])
+        .expect("service");
+    // Connections live one request: invisible to lookups of known sockets, so the sampler must
+    // notice the churn and dump the socket table every round.
+    let (d, _) = run(Scenario {
+        name: "short-lived-connections",
+        service: svc,
+        concurrency: 4,
+        think_ms: 0.0,
+        verdict: Some("scale_out"),
+        skip: &[],
+        flags: vec![],
+        load_flags: &["--reconnect", "1"],
+    });
+    assert!(d["evidence"].to_string().contains("short-lived"), "{d:#}");
 }

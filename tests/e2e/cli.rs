@@ -158,3 +158,43 @@ fn a_service_of_two_processes_is_diagnosed_as_one() {
     );
     assert_eq!(d["verdict"], "scale_out", "{d:#}");
 }
+
+#[test]
+fn one_request_per_connection_in_a_pod_network_namespace() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: network namespaces need root");
+        return;
+    }
+    let _x = exclusive();
+    let ns = scalewise_e2e::harness::NetNs::new().expect("netns");
+    let svc = ns
+        .workload(&["serve", "--workers", "4", "--cpu-ms", "2", "--lock-ms", "4"])
+        .expect("service");
+    let _load = ns
+        .load(svc.port, 4, 10.0, &["--reconnect", "1"])
+        .expect("load");
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let t0 = ns.truth(svc.port).expect("truth");
+    let d = ns.diagnose(&[svc.pid], 6.0).expect("diagnose");
+    let t1 = ns.truth(svc.port).expect("truth");
+    let t = t1.delta(&t0);
+    let (true_rate, true_in_flight) = (t.requests / t.wall_s, t.latency_s / t.wall_s);
+    let rate = d["requests"]["rate_per_s"].as_f64().unwrap_or(0.0);
+    let in_flight = d["requests"]["mean_in_flight"].as_f64().unwrap_or(0.0);
+    let local = d["breakdown"]["local_wait"].as_f64().unwrap_or(0.0);
+    eprintln!(
+        "pod netns, one request per connection: rate {rate:.1} (truth {true_rate:.1}), in flight {in_flight:.2} (truth {true_in_flight:.2}), local_wait {local:.2} (truth {:.2})",
+        t.shares().local_wait
+    );
+    assert!(d["evidence"].to_string().contains("short-lived"), "{d:#}");
+    assert!(
+        (rate / true_rate - 1.0).abs() < 0.15,
+        "rate {rate} vs {true_rate}: {d:#}"
+    );
+    assert!(
+        (in_flight - true_in_flight).abs() < 0.15 * true_in_flight,
+        "{d:#}"
+    );
+    assert!((local - t.shares().local_wait).abs() <= 0.10, "{d:#}");
+}

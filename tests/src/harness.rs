@@ -324,6 +324,17 @@ impl Load {
         duration_s: f64,
         think_ms: f64,
     ) -> anyhow::Result<Load> {
+        Load::start_with(port, concurrency, duration_s, think_ms, &[])
+    }
+
+    /// Like [`Load::start`], with extra flags for the load generator (e.g. `--reconnect 1`).
+    pub fn start_with(
+        port: u16,
+        concurrency: u32,
+        duration_s: f64,
+        think_ms: f64,
+        extra: &[&str],
+    ) -> anyhow::Result<Load> {
         let child = Command::new(workload_bin())
             .args([
                 "load",
@@ -336,6 +347,7 @@ impl Load {
                 "--think-ms",
                 &think_ms.to_string(),
             ])
+            .args(extra)
             .stdout(Stdio::piped())
             .spawn()?;
         Ok(Load { child })
@@ -399,4 +411,116 @@ pub fn diagnose(
 pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A private network namespace with only loopback, like a Kubernetes pod's: every listener in it
+/// is the service's. Processes run in it through [`NetNs::command`]; deleted on drop. Needs root.
+pub struct NetNs {
+    pub name: String,
+}
+
+impl NetNs {
+    pub fn new() -> anyhow::Result<NetNs> {
+        let name = format!("scalewise-{}-{}", std::process::id(), free_port());
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()?
+            .success()
+            && Command::new("ip")
+                .args(["netns", "exec", &name, "ip", "link", "set", "lo", "up"])
+                .status()?
+                .success();
+        if !ok {
+            bail!("creating network namespace {name} failed (needs root and iproute2)");
+        }
+        Ok(NetNs { name })
+    }
+
+    /// A command that runs `program` inside the namespace (`ip netns exec` execs, so the child's
+    /// pid is the program's).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).arg(program);
+        c
+    }
+
+    /// Starts a `scalewise-workload` service in the namespace.
+    pub fn workload(&self, args: &[&str]) -> anyhow::Result<Service> {
+        let mut all = vec![workload_bin().to_string_lossy().into_owned()];
+        all.extend(args.iter().map(|a| a.to_string()));
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        let mut wrapped = vec!["netns", "exec", &self.name];
+        wrapped.extend(refs);
+        Service::spawn("ip", &wrapped)
+    }
+
+    /// The service's truth, fetched from inside the namespace.
+    pub fn truth(&self, port: u16) -> anyhow::Result<Truth> {
+        let out = self
+            .command(workload_bin())
+            .args([
+                "get",
+                "--target",
+                &format!("127.0.0.1:{port}"),
+                "--path",
+                "/truth",
+            ])
+            .output()?;
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// The load generator in the namespace.
+    pub fn load(
+        &self,
+        port: u16,
+        concurrency: u32,
+        duration_s: f64,
+        extra: &[&str],
+    ) -> anyhow::Result<Load> {
+        let child = self
+            .command(workload_bin())
+            .args([
+                "load",
+                "--target",
+                &format!("127.0.0.1:{port}"),
+                "--concurrency",
+                &concurrency.to_string(),
+                "--duration-s",
+                &duration_s.to_string(),
+            ])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .spawn()?;
+        Ok(Load { child })
+    }
+
+    /// `diagnose --format json` run inside the namespace, as a sidecar would.
+    pub fn diagnose(&self, pids: &[u32], duration_s: f64) -> anyhow::Result<serde_json::Value> {
+        let mut cmd = self.command(agent_bin());
+        cmd.args([
+            "diagnose",
+            "--format",
+            "json",
+            "--quiet",
+            "--duration",
+            &duration_s.to_string(),
+        ]);
+        for p in pids {
+            cmd.args(["--pid", &p.to_string()]);
+        }
+        let out = cmd.output()?;
+        if !out.status.success() {
+            bail!("agent failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        Ok(v["services"][0].clone())
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
 }

@@ -12,7 +12,8 @@
 //! exchange inside one tick ties; ties are broken, in order, by: no data having moved since the
 //! last round (the state cannot have changed), a thread of the service blocked reading that very
 //! socket (it awaits the peer) or, in a process without event loops, no thread reading it (the
-//! service owes the next move), and otherwise counted as half and reported as ambiguous.
+//! service owes the next move), one side having spoken and the other never (a first request on a
+//! new connection), and otherwise counted as half and reported as ambiguous.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -109,6 +110,16 @@ pub fn decide(
                 // First sight of a connection quiet for a second or more: idle.
                 return no;
             }
+            // Direction counters: a connection on which one side has spoken and the other never
+            // has carries its first request (a new connection ties with its own set-up).
+            let (heard, spoke) = if inbound {
+                (info.data_segs_in, info.data_segs_out)
+            } else {
+                (info.data_segs_out, info.data_segs_in)
+            };
+            if heard > 0 && spoke == 0 {
+                return yes;
+            }
             if sock.inode != 0 {
                 match oracle.reader(sock.inode, inbound) {
                     Reader::Blocked => return outstanding(false),
@@ -165,6 +176,9 @@ pub struct SocketSampler {
     /// Short-lived inbound connections (one request each) are invisible to lookups of the
     /// connections known at the last dump: when they churn, every round is a full dump.
     pub churn: bool,
+    /// A listening socket in this network namespace belongs to another process: namespace-wide
+    /// counters (accepted connections) are then not the service's alone.
+    pub foreign_listeners: bool,
 }
 
 impl SocketSampler {
@@ -180,6 +194,7 @@ impl SocketSampler {
             closed_inbound: 0,
             inbound_at_dump: 0,
             churn: false,
+            foreign_listeners: false,
         })
     }
 
@@ -194,9 +209,14 @@ impl SocketSampler {
         let full = discover || self.churn || self.round == 0;
         if full {
             self.diag.dump(&mut self.socks)?;
+            self.foreign_listeners = false;
             for s in &self.socks {
-                if s.state == TCP_LISTEN && owned(s.inode) {
-                    self.listen_ports.insert(s.local.port());
+                if s.state == TCP_LISTEN {
+                    if owned(s.inode) {
+                        self.listen_ports.insert(s.local.port());
+                    } else {
+                        self.foreign_listeners = true;
+                    }
                 }
             }
         } else {
@@ -275,6 +295,12 @@ impl SocketSampler {
             keep
         });
         self.closed_inbound += closed;
+        // Switch to dumps as soon as connections are seen to vanish between rounds; the
+        // discovery interval re-decides from what it saw over the whole interval.
+        let basis = self.inbound_at_dump.max(out.inbound_conns);
+        if !self.churn && self.closed_inbound > 2 && self.closed_inbound * 4 >= basis {
+            self.churn = true;
+        }
         if full && discover {
             // Churn: at least a quarter of the inbound connections (and more than a couple)
             // closed within one discovery interval.

@@ -4,7 +4,8 @@
 //!              [--db ADDR --db-ms Y] [--backend ADDR --backend-ms B] [--pool K]
 //! serve-async  --port P --db ADDR --db-ms Y [--cpu-ms X] [--pool K]
 //! backend      --port P --ms B
-//! load         --target ADDR --concurrency C --duration-s S [--think-ms T] [--path /work]
+//! load         --target ADDR --concurrency C --duration-s S [--think-ms T] [--reconnect 1]
+//! get          --target ADDR --path /truth
 //!
 //! Services print `listening ADDR` on stdout and serve `GET /work` and `GET /truth`.
 
@@ -24,6 +25,7 @@ fn main() {
         "serve-async" => serve_async::run(&args),
         "backend" => serve::backend(&args),
         "load" => load::run(&args),
+        "get" => load::get_once(&args),
         other => {
             eprintln!("unknown command {other}");
             std::process::exit(64);

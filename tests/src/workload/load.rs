@@ -1,6 +1,7 @@
 //! A closed-loop load generator: C keep-alive connections, each sending a request, reading the
 //! response, thinking for an exponentially distributed time (mean `--think-ms`), and again.
 //! It runs as its own process so that its sockets and threads are not the service's.
+//! `--reconnect 1` opens a new connection for every request.
 
 use std::io::BufReader;
 use std::net::TcpStream;
@@ -14,6 +15,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let concurrency = args.num("concurrency", 4.0) as usize;
     let duration = Duration::from_secs_f64(args.num("duration-s", 10.0));
     let think_ms = args.num("think-ms", 0.0);
+    // One connection per request, as HTTP/1.0 clients and many scripts do.
+    let reconnect = args.num("reconnect", 0.0) > 0.0;
     let path = args.get("path").unwrap_or("/work").to_string();
     let end = Instant::now() + duration;
     let handles: Vec<_> = (0..concurrency)
@@ -48,6 +51,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                             conn = None;
                         }
                     }
+                    if reconnect {
+                        conn = None;
+                    }
                     if think_ms > 0.0 {
                         rng ^= rng << 13;
                         rng ^= rng >> 7;
@@ -80,5 +86,15 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         serde_json::json!({"requests": all.len(), "errors": errors,
             "mean_latency_ms": mean * 1000.0, "p99_latency_ms": p99 * 1000.0})
     );
+    Ok(())
+}
+
+/// `get --target ADDR --path P`: prints one response body (reads the truth from inside a network
+/// namespace the test process is not in).
+pub fn get_once(args: &Args) -> anyhow::Result<()> {
+    let target = args.get("target").unwrap_or("127.0.0.1:8080");
+    let mut c = BufReader::new(TcpStream::connect(target)?);
+    let body = get(&mut c, args.get("path").unwrap_or("/truth"))?;
+    println!("{}", String::from_utf8_lossy(&body));
     Ok(())
 }
