@@ -318,6 +318,12 @@ impl Session {
                         &mut self.notes,
                         "inbound connections are short-lived (a request or a few each): every round walks the whole socket table, which costs more CPU".to_string(),
                     );
+                    if sockets.foreign_listeners {
+                        note(
+                            &mut self.notes,
+                            "request rate and mean latency are bounds, not measurements: connections that open and close between samples are not seen, and other processes listen in this network namespace, so its accepted-connection count is not the service's alone (shares are unaffected)".to_string(),
+                        );
+                    }
                 }
                 self.progress.inbound = round.inbound_conns;
                 self.progress.outbound = round.outbound_conns;

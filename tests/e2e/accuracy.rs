@@ -27,8 +27,14 @@ struct Scenario<'a> {
 }
 
 fn run(s: Scenario) -> (serde_json::Value, TruthShares) {
-    let load =
-        Load::start(s.service.port, s.concurrency, WINDOW_S + 6.0, s.think_ms).expect("start load");
+    let load = Load::start_with(
+        s.service.port,
+        s.concurrency,
+        WINDOW_S + 6.0,
+        s.think_ms,
+        s.load_flags,
+    )
+    .expect("start load");
     std::thread::sleep(std::time::Duration::from_secs(2));
     let before = s.service.truth().expect("truth before");
     let flags: Vec<&str> = s.flags.iter().map(String::as_str).collect();
