@@ -158,7 +158,8 @@ pub fn parse_messages(mut buf: &[u8]) -> Result<Parsed, SockDiagError> {
             NLMSG_ERROR => {
                 let code = u32_ne(body, 0).ok_or(SockDiagError::Malformed("error body"))? as i32;
                 if code != 0 {
-                    out.errors.push((seq, -code));
+                    // Errors are negated errnos; a hostile i32::MIN must not overflow.
+                    out.errors.push((seq, code.saturating_neg()));
                 }
             }
             SOCK_DIAG_BY_FAMILY => {
@@ -540,6 +541,12 @@ mod tests {
         assert!(parse_messages(&msg(SOCK_DIAG_BY_FAMILY, &bad_attr)).is_err());
         let err = msg(NLMSG_ERROR, &(-2i32).to_ne_bytes());
         assert_eq!(parse_messages(&err).expect("valid").errors, vec![(0, 2)]);
+        // Found by the fuzzer: an error code of i32::MIN overflowed its negation.
+        let min = msg(NLMSG_ERROR, &i32::MIN.to_ne_bytes());
+        assert_eq!(
+            parse_messages(&min).expect("valid").errors,
+            vec![(0, i32::MAX)]
+        );
     }
 
     #[test]
