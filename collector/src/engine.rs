@@ -145,11 +145,9 @@ pub fn diagnose(service: &str, pids: &[u32], b: &Budget, t: &Thresholds) -> Diag
 
     // Components in request-seconds; local_wait is what is left of R.
     let known = b.cpu_s + b.gc_s + b.cpu_wait_s + b.downstream_s();
-    let (scale, normalised) = if r > 0.0 && known > r {
-        (r / known, true)
-    } else {
-        (1.0, false)
-    };
+    let scale = if r > 0.0 && known > r { r / known } else { 1.0 };
+    // A few percent over is sampling noise; beyond that the model does not fit and is said so.
+    let normalised = r > 0.0 && known > r * 1.05;
     let share = |x: f64| if r > 0.0 { x * scale / r } else { 0.0 };
     let breakdown = Breakdown {
         cpu: share(b.cpu_s),
