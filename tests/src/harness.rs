@@ -335,18 +335,36 @@ impl Load {
         think_ms: f64,
         extra: &[&str],
     ) -> anyhow::Result<Load> {
-        let child = Command::new(workload_bin())
+        let mut all = vec!["--think-ms".to_string(), think_ms.to_string()];
+        all.extend(extra.iter().map(|e| e.to_string()));
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        Load::spawn(
+            Command::new(workload_bin()),
+            port,
+            concurrency,
+            duration_s,
+            &refs,
+        )
+    }
+
+    /// Starts `load` through `cmd` (the workload binary, directly or inside a namespace).
+    fn spawn(
+        mut cmd: Command,
+        port: u16,
+        concurrency: u32,
+        duration_s: f64,
+        extra: &[&str],
+    ) -> anyhow::Result<Load> {
+        let child = cmd
             .args([
                 "load",
                 "--target",
                 &format!("127.0.0.1:{port}"),
                 "--concurrency",
-                &concurrency.to_string(),
-                "--duration-s",
-                &duration_s.to_string(),
-                "--think-ms",
-                &think_ms.to_string(),
             ])
+            .arg(concurrency.to_string())
+            .arg("--duration-s")
+            .arg(duration_s.to_string())
             .args(extra)
             .stdout(Stdio::piped())
             .spawn()?;
@@ -371,22 +389,16 @@ impl Drop for Load {
     }
 }
 
-/// Runs `scalewise-agent diagnose --format json` and returns the whole report (`services` and
-/// the agent's own `sampler_errors`).
-pub fn diagnose_report(
+/// Runs `diagnose --format json` through `cmd` (the agent binary, directly or inside a network
+/// namespace) and returns the whole report (`services` and the agent's own `sampler_errors`).
+fn run_diagnose(
+    mut cmd: Command,
     pids: &[u32],
     duration_s: f64,
     extra: &[&str],
 ) -> anyhow::Result<serde_json::Value> {
-    let mut cmd = Command::new(agent_bin());
-    cmd.args([
-        "diagnose",
-        "--format",
-        "json",
-        "--quiet",
-        "--duration",
-        &duration_s.to_string(),
-    ]);
+    cmd.args(["diagnose", "--format", "json", "--quiet", "--duration"])
+        .arg(duration_s.to_string());
     for p in pids {
         cmd.args(["--pid", &p.to_string()]);
     }
@@ -396,6 +408,15 @@ pub fn diagnose_report(
         bail!("agent failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// Runs `scalewise-agent diagnose --format json` and returns the whole report.
+pub fn diagnose_report(
+    pids: &[u32],
+    duration_s: f64,
+    extra: &[&str],
+) -> anyhow::Result<serde_json::Value> {
+    run_diagnose(Command::new(agent_bin()), pids, duration_s, extra)
 }
 
 /// The first service's diagnosis from [`diagnose_report`].
@@ -477,43 +498,18 @@ impl NetNs {
         duration_s: f64,
         extra: &[&str],
     ) -> anyhow::Result<Load> {
-        let child = self
-            .command(workload_bin())
-            .args([
-                "load",
-                "--target",
-                &format!("127.0.0.1:{port}"),
-                "--concurrency",
-                &concurrency.to_string(),
-                "--duration-s",
-                &duration_s.to_string(),
-            ])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .spawn()?;
-        Ok(Load { child })
+        Load::spawn(
+            self.command(workload_bin()),
+            port,
+            concurrency,
+            duration_s,
+            extra,
+        )
     }
 
     /// `diagnose --format json` run inside the namespace, as a sidecar would.
     pub fn diagnose(&self, pids: &[u32], duration_s: f64) -> anyhow::Result<serde_json::Value> {
-        let mut cmd = self.command(agent_bin());
-        cmd.args([
-            "diagnose",
-            "--format",
-            "json",
-            "--quiet",
-            "--duration",
-            &duration_s.to_string(),
-        ]);
-        for p in pids {
-            cmd.args(["--pid", &p.to_string()]);
-        }
-        let out = cmd.output()?;
-        if !out.status.success() {
-            bail!("agent failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-        Ok(v["services"][0].clone())
+        Ok(run_diagnose(self.command(agent_bin()), pids, duration_s, &[])?["services"][0].clone())
     }
 }
 

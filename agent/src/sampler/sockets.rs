@@ -70,6 +70,7 @@ pub fn decide(
     info: &TcpInfo,
     prev: Option<(&TcpInfo, f64)>,
     oracle: &mut dyn ThreadOracle,
+    counters: Option<f64>,
 ) -> Decision {
     let yes = Decision {
         value: 1.0,
@@ -127,11 +128,64 @@ pub fn decide(
                     Reader::Unknown => {}
                 }
             }
+            // The connection's learnt segment balance (see `Balance`), when threads cannot tell.
+            if let Some(value) = counters {
+                return Decision {
+                    value,
+                    ambiguous: false,
+                };
+            }
             Decision {
                 value: 0.5,
                 ambiguous: true,
             }
         }
+    }
+}
+
+/// Direction counters. Request/response protocols alternate one data segment each way (a query
+/// out, a result in), so on a connection `segments we sent - segments the peer sent` is a
+/// constant while nothing is outstanding, and one more while a request is. The constant is learnt
+/// from rounds whose state is known for sure, trusted once seen twice, and settles ties that
+/// thread states cannot (event loops). Protocols that do not alternate never confirm it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Balance {
+    offset: i64,
+    confirmed: u8,
+}
+
+impl Balance {
+    /// Segments "we" sent minus segments "they" sent, from the waiting side's point of view:
+    /// outbound, our requests; inbound, the peer's.
+    fn diff(inbound: bool, info: &TcpInfo) -> i64 {
+        let (asked, answered) = if inbound {
+            (info.data_segs_in, info.data_segs_out)
+        } else {
+            (info.data_segs_out, info.data_segs_in)
+        };
+        asked as i64 - answered as i64
+    }
+
+    /// Learns from a round whose state is known (`value` 0 or 1).
+    pub fn learn(&mut self, inbound: bool, info: &TcpInfo, value: f64) {
+        let offset = Self::diff(inbound, info) - value as i64;
+        if offset == self.offset && self.confirmed > 0 {
+            self.confirmed = self.confirmed.saturating_add(1);
+        } else {
+            *self = Balance {
+                offset,
+                confirmed: 1,
+            };
+        }
+    }
+
+    /// 1.0 or 0.0 once the offset has been confirmed, else `None`.
+    pub fn predict(&self, inbound: bool, info: &TcpInfo) -> Option<f64> {
+        (self.confirmed >= 2).then(|| match Self::diff(inbound, info) - self.offset {
+            1 => Some(1.0),
+            0 => Some(0.0),
+            _ => None, // pipelining or a protocol that does not alternate: no opinion
+        })?
     }
 }
 
@@ -141,6 +195,7 @@ struct Conn {
     info: TcpInfo,
     value: f64,
     round: u64,
+    balance: Balance,
 }
 
 /// What one round found, to be weighted by the time since the previous round.
@@ -256,7 +311,23 @@ impl SocketSampler {
                 .get(&key)
                 .filter(|c| c.inbound == inbound)
                 .map(|c| (&c.info, c.value));
-            let d = decide(inbound, s, &info, prev, oracle);
+            let mut balance = self
+                .conns
+                .get(&key)
+                .filter(|c| c.inbound == inbound)
+                .map(|c| c.balance)
+                .unwrap_or_default();
+            let d = decide(
+                inbound,
+                s,
+                &info,
+                prev,
+                oracle,
+                balance.predict(inbound, &info),
+            );
+            if !d.ambiguous && last_data(&info) != LastData::Tie {
+                balance.learn(inbound, &info, d.value);
+            }
             out.samples += 1;
             if d.ambiguous {
                 out.ambiguous += 1;
@@ -282,6 +353,7 @@ impl SocketSampler {
                     info,
                     value: d.value,
                     round: self.round,
+                    balance,
                 },
             );
         }
@@ -354,19 +426,45 @@ mod tests {
         let mut o = Knows(Reader::Unknown);
         // We sent 4 ms ago, last heard 20 ms ago: outbound awaits, inbound (peer waits) does not.
         let i = info(4, 20, 1);
-        assert_eq!(decide(false, &sock(0), &i, None, &mut o).value, 1.0);
-        assert_eq!(decide(true, &sock(0), &i, None, &mut o).value, 0.0);
+        assert_eq!(decide(false, &sock(0), &i, None, &mut o, None).value, 1.0);
+        assert_eq!(decide(true, &sock(0), &i, None, &mut o, None).value, 0.0);
         let i = info(20, 4, 1);
-        assert_eq!(decide(false, &sock(0), &i, None, &mut o).value, 0.0);
-        assert_eq!(decide(true, &sock(0), &i, None, &mut o).value, 1.0);
+        assert_eq!(decide(false, &sock(0), &i, None, &mut o, None).value, 0.0);
+        assert_eq!(decide(true, &sock(0), &i, None, &mut o, None).value, 1.0);
+    }
+
+    #[test]
+    fn segment_balance_is_learnt_and_confirmed_before_use() {
+        let at = |out: u32, inn: u32| TcpInfo {
+            data_segs_out: out,
+            data_segs_in: inn,
+            ..TcpInfo::default()
+        };
+        let mut b = Balance::default();
+        // Outbound: the handshake left us 3 segments ahead; then queries and results alternate.
+        b.learn(false, &at(4, 1), 1.0); // a query outstanding
+        assert_eq!(
+            b.predict(false, &at(5, 2)),
+            None,
+            "one sighting is not enough"
+        );
+        b.learn(false, &at(4, 2), 0.0); // answered
+        assert_eq!(b.predict(false, &at(5, 2)), Some(1.0));
+        assert_eq!(b.predict(false, &at(5, 3)), Some(0.0));
+        assert_eq!(b.predict(false, &at(9, 3)), None, "pipelined: no opinion");
+        // A protocol that does not alternate keeps resetting and never predicts.
+        let mut c = Balance::default();
+        c.learn(true, &at(0, 3), 1.0);
+        c.learn(true, &at(0, 7), 1.0);
+        assert_eq!(c.predict(true, &at(0, 8)), None);
     }
 
     #[test]
     fn unread_bytes_win() {
         let mut o = Knows(Reader::Unknown);
         let i = info(4, 20, 1);
-        assert_eq!(decide(false, &sock(10), &i, None, &mut o).value, 0.0);
-        assert_eq!(decide(true, &sock(10), &i, None, &mut o).value, 1.0);
+        assert_eq!(decide(false, &sock(10), &i, None, &mut o, None).value, 0.0);
+        assert_eq!(decide(true, &sock(10), &i, None, &mut o, None).value, 1.0);
     }
 
     #[test]
@@ -380,6 +478,7 @@ mod tests {
             &tie,
             Some((&prev, 1.0)),
             &mut Knows(Reader::Unknown),
+            None,
         );
         assert_eq!((d.value, d.ambiguous), (1.0, false));
         // Data moved: a thread blocked reading the socket means outbound awaits.
@@ -390,6 +489,7 @@ mod tests {
             &tie,
             Some((&moved, 0.0)),
             &mut Knows(Reader::Blocked),
+            None,
         );
         assert_eq!(d.value, 1.0);
         let d = decide(
@@ -398,6 +498,7 @@ mod tests {
             &tie,
             Some((&moved, 1.0)),
             &mut Knows(Reader::Blocked),
+            None,
         );
         assert_eq!(d.value, 0.0, "a thread reading an inbound socket is idle");
         // No thread reads it in a process without event loops: the service owes the next move.
@@ -407,6 +508,7 @@ mod tests {
             &tie,
             Some((&moved, 0.0)),
             &mut Knows(Reader::Unread),
+            None,
         );
         assert_eq!(
             d.value, 1.0,
@@ -418,6 +520,7 @@ mod tests {
             &tie,
             Some((&moved, 1.0)),
             &mut Knows(Reader::Unread),
+            None,
         );
         assert_eq!(d.value, 0.0, "an unread outbound socket awaits nothing");
         let d = decide(
@@ -426,6 +529,7 @@ mod tests {
             &tie,
             Some((&moved, 0.0)),
             &mut Knows(Reader::Unknown),
+            None,
         );
         assert_eq!((d.value, d.ambiguous), (0.5, true));
         // First sight of a long-quiet connection: idle.
@@ -435,6 +539,7 @@ mod tests {
             &info(5000, 5000, 1),
             None,
             &mut Knows(Reader::Unknown),
+            None,
         );
         assert_eq!(d.value, 0.0);
     }
