@@ -386,6 +386,49 @@ pub fn read_pollfds(pid: u32, addr: u64, nfds: u64, out: &mut Vec<i32>) -> bool 
 mod tests {
     use super::*;
 
+    /// A fake /proc: threads appear, exit, and write garbage; totals stay right and nothing stops.
+    #[test]
+    fn fake_proc_threads_come_go_and_misbehave() {
+        let root = std::env::temp_dir().join(format!("sw-fakeproc-{}", std::process::id()));
+        let task = root.join("77/task");
+        let write = |tid: u32, comm: &str, sched: &str| {
+            let d = task.join(tid.to_string());
+            std::fs::create_dir_all(&d).expect("mkdir");
+            std::fs::write(d.join("comm"), comm).expect("comm");
+            std::fs::write(d.join("schedstat"), sched).expect("schedstat");
+            std::fs::write(d.join("syscall"), "running\n").expect("syscall");
+        };
+        write(77, "java\n", "1000 50 3\n");
+        write(78, "GC Thread#0\n", "500 0 1\n");
+        write(79, ") R 1 (\n", "2000 100 5\n");
+        let mut t = ThreadTable::new(&root, 77);
+        assert!(t.refresh());
+        // Baselines are taken at first sight: nothing has happened yet.
+        assert_eq!(t.read_schedstat().app_cpu_ns, 0);
+        write(77, "java\n", "4000 150 9\n");
+        write(78, "GC Thread#0\n", "1500 0 2\n");
+        write(79, ") R 1 (\n", "garbage\n");
+        write(80, "worker\n", "700 10 1\n"); // born after the start: counts from zero
+        assert!(t.refresh());
+        let totals = t.read_schedstat();
+        assert_eq!(totals.app_cpu_ns, 3000 + 700, "{totals:?}");
+        assert_eq!(totals.gc_cpu_ns, 1000);
+        assert_eq!(totals.app_delay_ns, 100 + 10);
+        assert_eq!(t.errors.malformed, 1);
+        // A thread exits (a dead thread's kept-open schedstat reads nothing): its last reading
+        // stays in the totals.
+        std::fs::write(task.join("80/schedstat"), "").expect("exit");
+        let after = t.read_schedstat();
+        assert_eq!(after.app_cpu_ns, 3700);
+        assert_eq!(after.live_threads, 3);
+        let mut states = Vec::new();
+        t.sample_states(&mut states);
+        assert!(states.iter().all(|(_, s)| s.is_none()), "{states:?}");
+        // The whole process goes away.
+        std::fs::remove_dir_all(&root).expect("rm");
+        assert!(!t.refresh());
+    }
+
     #[test]
     fn gc_thread_names() {
         for n in [
