@@ -32,6 +32,19 @@ pub fn is_gc_thread(name: &str) -> bool {
     PREFIXES.iter().any(|p| name.starts_with(p))
 }
 
+/// JIT compiler threads of managed runtimes: busy at warm-up, never on a request's path.
+pub fn is_jit_thread(name: &str) -> bool {
+    [
+        "C1 CompilerThre",
+        "C2 CompilerThre",
+        "JVMCI",
+        "Sweeper thread",
+        ".NET Tiered",
+    ]
+    .iter()
+    .any(|p| name.starts_with(p))
+}
+
 struct Thread {
     schedstat: Option<File>,
     syscall: Option<File>,
@@ -259,10 +272,14 @@ impl ThreadTable {
                 totals.app_cpu_ns += cpu;
                 totals.app_delay_ns += delay;
             }
-            if totals
-                .busiest
-                .as_ref()
-                .map_or(true, |(_, b)| cpu + delay > *b)
+            // The busiest thread stands for a saturated event loop or lone worker; runtime
+            // threads (GC, a JIT compiler busy during warm-up) would only mislead.
+            if !t.gc
+                && !is_jit_thread(&t.name)
+                && totals
+                    .busiest
+                    .as_ref()
+                    .map_or(true, |(_, b)| cpu + delay > *b)
             {
                 totals.busiest = Some((t.name.clone(), cpu + delay));
             }
@@ -448,6 +465,8 @@ mod tests {
         ] {
             assert!(!is_gc_thread(n), "{n}");
         }
+        assert!(is_jit_thread("C2 CompilerThre"));
+        assert!(!is_jit_thread("main"));
     }
 
     #[cfg(target_arch = "x86_64")]
