@@ -159,6 +159,12 @@ impl Session {
             for n in gc_notes {
                 note(&mut notes, format!("pid {pid}: {n}"));
             }
+            if let Some(src) = &gc {
+                note(
+                    &mut notes,
+                    format!("pid {pid}: GC pauses from {}", src.describe()),
+                );
+            }
             targets.push(Target {
                 pid,
                 starttime: stat.starttime,
