@@ -19,6 +19,7 @@ pub mod sockdiag;
 
 pub mod sampler {
     //! Samplers: each reads one kind of kernel signal about the service's processes.
+    pub mod shape;
     pub mod sockets;
     pub mod threads;
 }

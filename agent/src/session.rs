@@ -132,6 +132,12 @@ impl Session {
             return Err(SessionError::NoPids);
         }
         let mut notes = Vec::new();
+        // Runtime findings are said once per service, naming the processes they apply to.
+        let mut per_pid: Vec<(String, Vec<u32>)> = Vec::new();
+        let mut say = |text: String, pid: u32| match per_pid.iter_mut().find(|(t, _)| *t == text) {
+            Some((_, pids)) => pids.push(pid),
+            None => per_pid.push((text, vec![pid])),
+        };
         let mut targets = Vec::new();
         for &pid in &cfg.pids {
             let dir = cfg.proc_root.join(pid.to_string());
@@ -157,13 +163,10 @@ impl Session {
             let cgroup = std::fs::read(dir.join("cgroup")).unwrap_or_default();
             let (gc, gc_notes) = crate::gc::detect(&cfg.proc_root, pid, &cfg.gc);
             for n in gc_notes {
-                note(&mut notes, format!("pid {pid}: {n}"));
+                say(n, pid);
             }
             if let Some(src) = &gc {
-                note(
-                    &mut notes,
-                    format!("pid {pid}: GC pauses from {}", src.describe()),
-                );
+                say(format!("GC pauses from {}", src.describe()), pid);
             }
             targets.push(Target {
                 pid,
@@ -180,6 +183,11 @@ impl Session {
                 gc_mark: (0.0, 0.0),
                 alive: true,
             });
+        }
+        for (text, pids) in per_pid {
+            let list: Vec<String> = pids.iter().map(u32::to_string).collect();
+            let who = if pids.len() == 1 { "pid" } else { "pids" };
+            note(&mut notes, format!("{who} {}: {text}", list.join(", ")));
         }
         let sockets = match SocketSampler::new() {
             Ok(s) => Some(s),
@@ -306,7 +314,16 @@ impl Session {
                 }
                 self.budget.requests += new_requests;
                 self.budget.socket_samples += round.samples;
-                self.budget.ambiguous_samples += round.ambiguous;
+                self.budget.ambiguous_samples += round.unresolved;
+                for &(inode, v) in &round.queued {
+                    self.budget.queued_s += v * dt;
+                    let owner = self.inode_owner.get(&inode).map(|&(pid, _)| pid);
+                    if owner.is_some_and(|pid| self.threads_known.event_loop_pids.contains(&pid)) {
+                        self.budget.loop_queued_s += v * dt;
+                    }
+                }
+                self.budget.inbound_conn_s += round.inbound_conns as f64 * dt;
+                self.budget.send_queue_s += round.send_queue * dt;
                 for (endpoint, v) in round.awaiting {
                     let (kind, name) = self.names.resolve(endpoint);
                     self.budget
@@ -606,8 +623,8 @@ struct ThreadKnowledge {
     readers: HashMap<u64, (u32, u32)>,
     /// Processes whose threads were readable at the last full sample.
     known_pids: HashSet<u32>,
-    /// Processes with a thread waiting in epoll/select at the last full sample: idle
-    /// connections need no reader there.
+    /// Processes seen with a thread waiting in epoll/select at any full sample: idle connections
+    /// need no reader there.
     event_loop_pids: HashSet<u32>,
 }
 
@@ -639,16 +656,20 @@ impl Oracle<'_> {
     fn sample(&mut self) {
         self.sampled = true;
         self.memory.known_pids.clear();
-        self.memory.event_loop_pids.clear();
+        // Sticky: an event loop that happens to be running at one sample is still an event loop,
+        // and its idle connections still have no thread reading them.
         for t in self.targets.iter_mut().filter(|t| t.alive) {
             t.threads.sample_states(&mut self.scratch);
             if t.threads.syscall_denied {
                 continue;
             }
             self.memory.known_pids.insert(t.pid);
+            let still = t.threads.still_threads();
             for &(tid, state) in &self.scratch {
                 match state {
-                    Some(Blocked::Futex) => self.futex_blocked += 1,
+                    // A futex wait is contention only for a thread that runs: one parked since
+                    // the previous sample (an idle pool or helper thread) waits for work.
+                    Some(Blocked::Futex) if !still.contains(&tid) => self.futex_blocked += 1,
                     Some(Blocked::Epoll) => {
                         self.memory.event_loop_pids.insert(t.pid);
                     }

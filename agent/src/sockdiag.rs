@@ -63,6 +63,14 @@ pub struct TcpInfo {
     pub bytes_received: u64,
     pub data_segs_in: u32,
     pub data_segs_out: u32,
+    /// Milliseconds since an ACK was last received.
+    pub last_ack_recv_ms: u32,
+    /// Segments sent and not yet acknowledged.
+    pub unacked: u32,
+    /// Bytes the process wrote that the kernel has not sent yet (Nagle, cwnd, peer window).
+    pub notsent_bytes: u32,
+    /// Bytes sent, retransmissions included (0 on kernels before 4.19).
+    pub bytes_sent: u64,
 }
 
 /// One TCP socket from a dump.
@@ -126,6 +134,10 @@ fn parse_tcp_info(b: &[u8]) -> Option<TcpInfo> {
         bytes_received: u64_ne(b, 128).unwrap_or(0),
         data_segs_in: u32_ne(b, 152).unwrap_or(0),
         data_segs_out: u32_ne(b, 156).unwrap_or(0),
+        last_ack_recv_ms: u32_ne(b, 56).unwrap_or(0),
+        unacked: u32_ne(b, 24).unwrap_or(0),
+        notsent_bytes: u32_ne(b, 144).unwrap_or(0),
+        bytes_sent: u64_ne(b, 200).unwrap_or(0),
     })
 }
 

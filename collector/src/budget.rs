@@ -80,7 +80,20 @@ pub struct Budget {
     pub busiest_thread_busy_s: f64,
     /// Name of that thread (for evidence).
     pub busiest_thread: Option<String>,
-    /// Socket samples taken, and how many could not be told apart within one kernel tick.
+    /// Part of `request_s` during which the request's bytes sat unread in the service's socket
+    /// (queued for a thread or an event loop to read it).
+    pub queued_s: f64,
+    /// The part of `queued_s` in processes served by an event loop (a thread waiting in epoll or
+    /// select reads every connection): there a request waits for that thread.
+    pub loop_queued_s: f64,
+    /// Part of `request_s` during which the response was written but not yet all sent or
+    /// acknowledged (Nagle's algorithm holding a small write, a full send window).
+    pub send_queue_s: f64,
+    /// Inbound connection-seconds (mean open inbound connections x window): against `request_s`,
+    /// how busy the clients keep the service.
+    pub inbound_conn_s: f64,
+    /// Socket samples taken, and how many nothing could resolve (their value was estimated from
+    /// the resolved ones).
     pub socket_samples: u64,
     pub ambiguous_samples: u64,
     /// Things the samplers could not see, said once each (missing capability, no GC source...).
@@ -126,6 +139,10 @@ impl Budget {
         self.throttled_s += other.throttled_s;
         self.cpu_pressure_s += other.cpu_pressure_s;
         self.blocked_lock_s += other.blocked_lock_s;
+        self.queued_s += other.queued_s;
+        self.loop_queued_s += other.loop_queued_s;
+        self.inbound_conn_s += other.inbound_conn_s;
+        self.send_queue_s += other.send_queue_s;
         if other.busiest_thread_busy_s > self.busiest_thread_busy_s {
             self.busiest_thread_busy_s = other.busiest_thread_busy_s;
             self.busiest_thread = other.busiest_thread.clone();
@@ -182,6 +199,10 @@ impl Budget {
             throttled_s: d(self.throttled_s, earlier.throttled_s)?,
             cpu_pressure_s: d(self.cpu_pressure_s, earlier.cpu_pressure_s)?,
             blocked_lock_s: d(self.blocked_lock_s, earlier.blocked_lock_s)?,
+            queued_s: d(self.queued_s, earlier.queued_s)?,
+            loop_queued_s: d(self.loop_queued_s, earlier.loop_queued_s)?,
+            inbound_conn_s: d(self.inbound_conn_s, earlier.inbound_conn_s)?,
+            send_queue_s: d(self.send_queue_s, earlier.send_queue_s)?,
             // A maximum has no difference; the later snapshot's is the best we have.
             busiest_thread_busy_s: self.busiest_thread_busy_s,
             busiest_thread: self.busiest_thread.clone(),

@@ -68,6 +68,20 @@ pub struct Requests {
     pub mean_in_flight: f64,
 }
 
+/// How busy the service's clients keep it: is it the bottleneck at all?
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Load {
+    /// Mean open inbound connections.
+    pub connections: f64,
+    /// Mean requests in flight per open connection (1 = the clients always wait on it).
+    pub in_flight_per_connection: f64,
+    /// Share of the window the busiest application thread was on CPU or runnable.
+    pub busiest_thread_busy: f64,
+    /// True when the service is idle most of the time, waiting for its clients: whatever limits
+    /// the system is upstream of it (the clients, a load balancer, a load generator).
+    pub waiting_on_clients: bool,
+}
+
 /// One service's diagnosis: the public JSON contract of `diagnose` (field names are an interface).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Diagnosis {
@@ -81,6 +95,9 @@ pub struct Diagnosis {
     pub cpu: CpuUse,
     pub requests: Requests,
     pub evidence: Vec<String>,
+    /// How busy the clients keep the service (absent without inbound connections).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<Load>,
 }
 
 /// The engine's knobs. Defaults are the documented model, not tuned to any workload.
@@ -98,6 +115,16 @@ pub struct Thresholds {
     /// A single thread on CPU or runnable for this share of the window is a saturated thread
     /// (an event loop, a lone worker): the service cannot use the cores it has.
     pub hot_thread: f64,
+    /// A busiest thread busy at least this share of the window reads every request (an event
+    /// loop): time requests wait unread in socket buffers is waiting for that thread's CPU.
+    pub busy_reader: f64,
+    /// Unresolved socket samples above this share: the request side is not measured well enough
+    /// for a confident verdict.
+    pub unresolved_share: f64,
+    /// Fewer requests in flight than this on average (the service idle most of the time), and
+    /// its clients' connections idle more than half the time, with the CPU and the busiest
+    /// thread below half: the service waits on its clients, and nothing limits it at this load.
+    pub idle_in_flight: f64,
 }
 
 impl Default for Thresholds {
@@ -108,6 +135,9 @@ impl Default for Thresholds {
             saturation: 0.85,
             cpu_wait_share: 0.25,
             hot_thread: 0.90,
+            busy_reader: 0.5,
+            unresolved_share: 0.25,
+            idle_in_flight: 1.0,
         }
     }
 }
@@ -143,8 +173,18 @@ pub fn diagnose(service: &str, pids: &[u32], b: &Budget, t: &Thresholds) -> Diag
     };
     let mut evidence = Vec::new();
 
+    let busiest = if window > 0.0 {
+        (b.busiest_thread_busy_s / window).min(1.0)
+    } else {
+        0.0
+    };
+    // Requests waiting unread in socket buffers wait for whoever reads them. When that is a busy
+    // event loop (or every CPU is busy), they wait for CPU: the same as run-queue delay. Else they
+    // wait for a free worker, which is in-process waiting.
+    let queued_is_cpu = b.loop_queued_s > 0.0 && busiest >= t.busy_reader;
+    let cpu_wait_s = b.cpu_wait_s + if queued_is_cpu { b.loop_queued_s } else { 0.0 };
     // Components in request-seconds; local_wait is what is left of R.
-    let known = b.cpu_s + b.gc_s + b.cpu_wait_s + b.downstream_s();
+    let known = b.cpu_s + b.gc_s + cpu_wait_s + b.downstream_s();
     let scale = if r > 0.0 && known > r { r / known } else { 1.0 };
     // A few percent over is sampling noise; beyond that the model does not fit and is said so.
     let normalised = r > 0.0 && known > r * 1.05;
@@ -152,7 +192,7 @@ pub fn diagnose(service: &str, pids: &[u32], b: &Budget, t: &Thresholds) -> Diag
     let breakdown = Breakdown {
         cpu: share(b.cpu_s),
         gc: share(b.gc_s),
-        cpu_wait: share(b.cpu_wait_s),
+        cpu_wait: share(cpu_wait_s),
         downstream: share(b.downstream_s()),
         local_wait: if r > 0.0 {
             ((r - known * scale) / r).max(0.0)
@@ -201,6 +241,54 @@ pub fn diagnose(service: &str, pids: &[u32], b: &Budget, t: &Thresholds) -> Diag
         requests.rate_per_s, requests.mean_latency_ms, requests.mean_in_flight, requests.source
     ));
 
+    let load = (b.inbound_conn_s > 0.0 && window > 0.0).then(|| {
+        let connections = b.inbound_conn_s / window;
+        let per_conn = (r / b.inbound_conn_s).min(1.0);
+        Load {
+            connections: round(connections, 2),
+            in_flight_per_connection: round(per_conn, 3),
+            busiest_thread_busy: round(busiest, 3),
+            waiting_on_clients: r / window < t.idle_in_flight
+                && per_conn < 0.5
+                && busiest < 0.5
+                && utilisation < 0.5,
+        }
+    });
+    if let Some(l) = load.filter(|l| l.waiting_on_clients) {
+        evidence.push(format!(
+            "not the bottleneck: {:.2} requests in flight on average over {:.1} open connections ({} of their time), the busiest thread busy {} and the CPU {}: the service waits on its clients, and nothing limits it at this load (what limits the system is upstream); load it harder to see what would",
+            r / window,
+            l.connections,
+            pct(l.in_flight_per_connection),
+            pct(busiest),
+            pct(utilisation)
+        ));
+    }
+    if b.queued_s > 0.0 && r > 0.0 {
+        evidence.push(if queued_is_cpu {
+            format!(
+                "requests waited unread in socket buffers for {} of request time while the busiest thread was busy {}: waiting for that thread's CPU (counted as cpu_wait)",
+                pct(b.queued_s / r),
+                pct(busiest)
+            )
+        } else {
+            format!(
+                "requests waited unread in socket buffers for {} of request time: waiting for a free worker (in-process waiting)",
+                pct(b.queued_s / r)
+            )
+        });
+    }
+    if b.send_queue_s > 0.0 && r > 0.0 && b.send_queue_s / r >= 0.05 {
+        evidence.push(format!(
+            "responses sat written but unsent or unacknowledged for {} of request time: a response written in several small sends with Nagle's algorithm on waits for the client's delayed ACK (~40 ms); set TCP_NODELAY or write each response in one send",
+            pct(b.send_queue_s / r)
+        ));
+    }
+    let unresolved = if b.socket_samples > 0 {
+        b.ambiguous_samples as f64 / b.socket_samples as f64
+    } else {
+        0.0
+    };
     let verdict_and_confidence = if b.request_source == crate::budget::RequestSource::None
         || r <= 0.0
     {
@@ -208,6 +296,8 @@ pub fn diagnose(service: &str, pids: &[u32], b: &Budget, t: &Thresholds) -> Diag
             "no request signal: no inbound connection carried a request and no spans arrived"
                 .to_string(),
         );
+        None
+    } else if load.is_some_and(|l| l.waiting_on_clients) {
         None
     } else if b.requests < t.min_requests || r < t.min_request_s {
         evidence.push(format!(
@@ -250,10 +340,15 @@ pub fn diagnose(service: &str, pids: &[u32], b: &Budget, t: &Thresholds) -> Diag
             pct(known / r - 1.0)
         ));
     }
-    if b.socket_samples > 0 && b.ambiguous_samples > 0 {
+    if b.ambiguous_samples > 0 {
         evidence.push(format!(
-            "{} of connection samples could not be ordered within one kernel tick and counted half",
-            pct(b.ambiguous_samples as f64 / b.socket_samples as f64)
+            "{} of connection samples could not be resolved (no ordering, no learnt exchange shape, no thread state): they were given the in-flight rate of the resolved ones{}",
+            pct(unresolved),
+            if unresolved > t.unresolved_share {
+                "; the request side is not measured well enough for a confident verdict (spans would be exact)"
+            } else {
+                ""
+            }
         ));
     }
     if r > 0.0 {
@@ -272,8 +367,11 @@ pub fn diagnose(service: &str, pids: &[u32], b: &Budget, t: &Thresholds) -> Diag
             if normalised {
                 c *= 0.7;
             }
-            if b.socket_samples > 0 {
-                c *= 1.0 - 0.5 * (b.ambiguous_samples as f64 / b.socket_samples as f64);
+            if b.request_source == crate::budget::RequestSource::Sockets {
+                c *= 1.0 - unresolved;
+                if unresolved > t.unresolved_share {
+                    c = c.min(0.55);
+                }
             }
             (v, c)
         }
@@ -302,6 +400,7 @@ pub fn diagnose(service: &str, pids: &[u32], b: &Budget, t: &Thresholds) -> Diag
         cpu,
         requests,
         evidence,
+        load,
     }
 }
 
@@ -326,16 +425,6 @@ fn decide(
             0.7 + 0.3 * ramp(utilisation, t.saturation, 1.0),
         );
     }
-    if s.cpu_wait >= t.cpu_wait_share {
-        evidence.push(format!(
-            "CPU starved: requests spend {} of their time runnable but not running",
-            pct(s.cpu_wait)
-        ));
-        return (
-            Verdict::ScaleUp,
-            0.7 + 0.3 * ramp(s.cpu_wait, t.cpu_wait_share, 0.6),
-        );
-    }
     let busiest = if window > 0.0 {
         b.busiest_thread_busy_s / window
     } else {
@@ -352,10 +441,27 @@ fn decide(
             0.6 + 0.3 * ramp(busiest, t.hot_thread, 1.0),
         );
     }
+    if s.cpu_wait >= t.cpu_wait_share {
+        evidence.push(format!(
+            "CPU starved: requests spend {} of their time waiting for a CPU (runnable but not running, or unread behind a busy event loop)",
+            pct(s.cpu_wait)
+        ));
+        return (
+            Verdict::ScaleUp,
+            0.7 + 0.3 * ramp(s.cpu_wait, t.cpu_wait_share, 0.6),
+        );
+    }
+    // A response held in the send queue (Nagle's algorithm) is fixed by a socket option, not by
+    // scaling anything: it is said in the evidence and left out of the contest.
+    let send_queue = if b.request_s > 0.0 {
+        (b.send_queue_s / b.request_s).min(s.local_wait)
+    } else {
+        0.0
+    };
     let groups = [
         (Verdict::ScaleUp, s.cpu + s.gc + s.cpu_wait),
         (Verdict::Dependency, s.downstream),
-        (Verdict::ScaleOut, s.local_wait),
+        (Verdict::ScaleOut, s.local_wait - send_queue),
     ];
     let mut sorted = groups;
     sorted.sort_by(|a, b| b.1.total_cmp(&a.1));
@@ -371,7 +477,11 @@ fn decide(
         pct(top_share),
         (margin * 100.0).round()
     ));
-    (top, 0.5 + 0.5 * ramp(margin, 0.0, 0.4))
+    // The verdict speaks for the rest of request time only.
+    (
+        top,
+        (0.5 + 0.5 * ramp(margin, 0.0, 0.4)) * (1.0 - send_queue),
+    )
 }
 
 #[cfg(test)]

@@ -29,6 +29,14 @@ pub const COMPONENT_TIME: &str = "scalewise.request.component.time";
 /// [`ATTR_SERVER_PORT`], [`ATTR_DB_SYSTEM`] (the kind) and, when the user named it,
 /// [`ATTR_PEER_NAME`].
 pub const DEPENDENCY_TIME: &str = "scalewise.dependency.time";
+/// Part of [`REQUEST_TIME`] with the request's bytes unread in the service's socket.
+pub const QUEUED_TIME: &str = "scalewise.request.queued.time";
+/// Part of [`QUEUED_TIME`] in processes served by an event loop.
+pub const LOOP_QUEUED_TIME: &str = "scalewise.request.loop_queued.time";
+/// Part of [`REQUEST_TIME`] with the response written but not yet all sent or acknowledged.
+pub const SEND_QUEUE_TIME: &str = "scalewise.request.send_queue.time";
+/// Inbound connection-seconds: `rate()` is the mean number of open inbound connections.
+pub const CONNECTION_TIME: &str = "scalewise.connection.time";
 /// Wall seconds of stop-the-world GC pauses.
 pub const GC_PAUSE_TIME: &str = "scalewise.gc.pause.time";
 /// On-CPU seconds of runtime GC threads.
@@ -75,6 +83,10 @@ pub const METRICS: &[(&str, &str, bool)] = &[
     (REQUESTS, "{request}", true),
     (COMPONENT_TIME, "s", true),
     (DEPENDENCY_TIME, "s", true),
+    (QUEUED_TIME, "s", true),
+    (LOOP_QUEUED_TIME, "s", true),
+    (SEND_QUEUE_TIME, "s", true),
+    (CONNECTION_TIME, "s", true),
     (GC_PAUSE_TIME, "s", true),
     (GC_CPU_TIME, "s", true),
     (CPU_CAPACITY_TIME, "s", true),
@@ -170,6 +182,10 @@ pub fn budget_points(b: &Budget) -> Vec<WirePoint> {
         out.push(with(DEPENDENCY_TIME, attrs, d.awaiting_s));
     }
     out.extend([
+        point(QUEUED_TIME, b.queued_s),
+        point(LOOP_QUEUED_TIME, b.loop_queued_s),
+        point(SEND_QUEUE_TIME, b.send_queue_s),
+        point(CONNECTION_TIME, b.inbound_conn_s),
         point(GC_PAUSE_TIME, b.gc_pause_s),
         point(GC_CPU_TIME, b.gc_thread_cpu_s),
         point(CPU_CAPACITY_TIME, b.capacity_core_s),
@@ -303,6 +319,10 @@ pub fn apply(
                 },
             );
         }
+        QUEUED_TIME => b.queued_s = value,
+        LOOP_QUEUED_TIME => b.loop_queued_s = value,
+        SEND_QUEUE_TIME => b.send_queue_s = value,
+        CONNECTION_TIME => b.inbound_conn_s = value,
         GC_PAUSE_TIME => b.gc_pause_s = value,
         GC_CPU_TIME => b.gc_thread_cpu_s = value,
         CPU_CAPACITY_TIME => b.capacity_core_s = value,
@@ -378,6 +398,10 @@ mod tests {
             gc_s: 0.5,
             cpu_wait_s: 1.0,
             gc_pause_s: 0.1,
+            queued_s: 0.7,
+            loop_queued_s: 0.5,
+            send_queue_s: 0.2,
+            inbound_conn_s: 90.0,
             gc_thread_cpu_s: 0.2,
             capacity_core_s: 20.0,
             throttled_s: 0.3,

@@ -13,9 +13,19 @@ struct Case {
     expect_verdict: String,
     #[serde(default)]
     min_confidence: f64,
+    /// At most this confidence (a case the data cannot settle must not sound sure).
+    #[serde(default = "one")]
+    max_confidence: f64,
+    /// A piece of text some evidence line must contain.
+    #[serde(default)]
+    expect_evidence: Option<String>,
     budget: Budget,
     #[serde(default)]
     expect: BTreeMap<String, [f64; 2]>,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 #[test]
@@ -55,6 +65,20 @@ fn engine_cases() {
                 "{name}: confidence {} < {}",
                 d.confidence, case.min_confidence
             ));
+        }
+        if d.confidence > case.max_confidence {
+            failures.push(format!(
+                "{name}: confidence {} > {}",
+                d.confidence, case.max_confidence
+            ));
+        }
+        if let Some(text) = &case.expect_evidence {
+            if !d.evidence.iter().any(|e| e.contains(text.as_str())) {
+                failures.push(format!(
+                    "{name}: no evidence mentions {text:?}: {:?}",
+                    d.evidence
+                ));
+            }
         }
         let b = &d.breakdown;
         for (k, [lo, hi]) in &case.expect {

@@ -1,8 +1,11 @@
 // A JVM sample service for scalewise's end-to-end tests, with self-recorded ground truth.
 //
-//   java Workload --workers N [--cpu-ms X] [--lock-ms Z] [--alloc-mb M] [--port P]
+//   java Workload --workers N [--cpu-ms X] [--lock-ms Z] [--alloc-mb M] [--port P] [--server pool]
 //
-// Thread per connection (blocking java.net sockets, as servlet containers with blocking I/O do);
+// Thread per connection (blocking java.net sockets, as servlet containers with blocking I/O do),
+// or with `--server pool` the JDK's com.sun.net.httpserver: a dispatcher thread on a selector
+// handing requests to a fixed pool of N worker threads, headers and body written separately with
+// the JDK's defaults (Nagle on), as many services built on it run;
 // each request on /work waits for one of N worker permits, burns X ms of thread CPU time, takes a
 // global lock for Z ms, and allocates M MB of short-lived garbage. GET /truth returns cumulative
 // truth: request latency, thread CPU (ThreadMXBean), waits, and GC time (GarbageCollectorMXBean).
@@ -12,7 +15,9 @@ import java.io.*;
 import java.lang.management.*;
 import java.net.*;
 import java.nio.charset.StandardCharsets;
+import java.util.concurrent.Executors;
 import java.util.concurrent.Semaphore;
+import com.sun.net.httpserver.HttpServer;
 
 public class Workload {
     static double cpuMs = 0, lockMs = 0, allocMb = 0;
@@ -132,6 +137,7 @@ public class Workload {
 
     public static void main(String[] args) throws Exception {
         int port = 0, n = 8;
+        boolean pool = false;
         for (int i = 0; i + 1 < args.length; i += 2) {
             switch (args[i]) {
                 case "--port": port = Integer.parseInt(args[i + 1]); break;
@@ -139,10 +145,39 @@ public class Workload {
                 case "--cpu-ms": cpuMs = Double.parseDouble(args[i + 1]); break;
                 case "--lock-ms": lockMs = Double.parseDouble(args[i + 1]); break;
                 case "--alloc-mb": allocMb = Double.parseDouble(args[i + 1]); break;
+                case "--server": pool = args[i + 1].equals("pool"); break;
                 default: System.err.println("unknown flag " + args[i]); System.exit(64);
             }
         }
         workers = new Semaphore(n, true);
+        if (pool) {
+            HttpServer server = HttpServer.create(new InetSocketAddress(InetAddress.getByName("127.0.0.1"), port), 128);
+            server.setExecutor(Executors.newFixedThreadPool(n));
+            server.createContext("/", ex -> {
+                String path = ex.getRequestURI().getPath();
+                String body;
+                if (path.equals("/truth")) {
+                    body = truth();
+                } else {
+                    try {
+                        handle(0);
+                    } catch (InterruptedException e) {
+                        Thread.currentThread().interrupt();
+                    }
+                    body = "{\"ok\":true}";
+                }
+                byte[] b = body.getBytes(StandardCharsets.UTF_8);
+                ex.getResponseHeaders().set("Content-Type", "application/json");
+                ex.sendResponseHeaders(200, b.length);
+                try (OutputStream os = ex.getResponseBody()) {
+                    os.write(b);
+                }
+            });
+            server.start();
+            System.out.println("listening 127.0.0.1:" + server.getAddress().getPort());
+            System.out.flush();
+            return;
+        }
         ServerSocket ss = new ServerSocket(port, 128, InetAddress.getByName("127.0.0.1"));
         System.out.println("listening 127.0.0.1:" + ss.getLocalPort());
         System.out.flush();

@@ -255,6 +255,11 @@ fn is_jvm(proc_root: &Path, pid: u32) -> bool {
 impl HsperfSource {
     /// Finds and opens the file of `pid`. `Ok(None)`: not a JVM.
     pub fn locate(proc_root: &Path, pid: u32) -> Result<Option<HsperfSource>, LocateError> {
+        // Only a JVM has an hsperfdata file worth reading: another process's /tmp may hold other
+        // users' files, which would only produce notes about runtimes the service does not have.
+        if !is_jvm(proc_root, pid) {
+            return Ok(None);
+        }
         let dir = proc_root.join(pid.to_string());
         let status = std::fs::read(dir.join("status"))
             .map_err(|e| LocateError::Gc(GcError::NotFound(format!("pid {pid}: {e}"))))?;
@@ -289,11 +294,7 @@ impl HsperfSource {
                 Err(e) => return Err(LocateError::Gc(e)),
             }
         }
-        if is_jvm(proc_root, pid) {
-            Err(LocateError::JvmWithoutFile)
-        } else {
-            Ok(None)
-        }
+        Err(LocateError::JvmWithoutFile)
     }
 
     /// Opens the file only if neither it nor its directory is a symlink, both belong to the

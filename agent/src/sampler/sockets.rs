@@ -1,23 +1,29 @@
 //! Requests in flight and time awaiting each dependency, from the service's TCP connections.
 //!
 //! Each round dumps the TCP sockets (see [`crate::sockdiag`]) and decides, per connection,
-//! whether a request is outstanding on it at this instant:
-//! - inbound (accepted on one of the service's listening ports): the peer's request arrived after
-//!   our last response (`last_data_recv` newer than `last_data_sent`), or its bytes sit unread;
-//!   connections still in the accept queue with data count too (queueing is request time);
-//! - outbound: our request went out after the last response came back.
+//! whether a request is outstanding on it at this instant (inbound: the peer waits for our
+//! response; outbound: we wait for the dependency's). In order ([`decide`]):
+//! 1. unread bytes: inbound, a request queued for the service; outbound, a response it has not
+//!    read yet (its own delay);
+//! 2. bytes written and not yet sent: the peer does not have the whole message
+//!    (a response held by Nagle's algorithm until the client's delayed ACK is request time);
+//! 3. the peer spoke last by `tcp_info`'s timestamps;
+//! 4. the connection's learnt exchange shape ([`super::shape`]): exact segment counters, which
+//!    settle ties that timestamps (kernel-tick resolution) cannot, including requests far shorter
+//!    than a tick, part-sent responses and event loops;
+//! 5. we spoke last by timestamps;
+//! 6. a tie: nothing moved since a round whose state was known (it carries), a first request,
+//!    a thread blocked reading that socket or, in a process without event loops, none reading it;
+//! 7. otherwise the sample is *unresolved*: it takes the in-flight rate of the service's resolved
+//!    samples ([`Fill`]), is counted, and lowers the confidence. Never a flat half.
 //!
 //! Summed over rounds and weighted by the time between them, these give mean in-flight requests
-//! (`R`) and request-seconds per dependency. `tcp_info` times have kernel-tick resolution, so an
-//! exchange inside one tick ties; ties are broken, in order, by: no data having moved since the
-//! last round (the state cannot have changed), a thread of the service blocked reading that very
-//! socket (it awaits the peer) or, in a process without event loops, no thread reading it (the
-//! service owes the next move), one side having spoken and the other never (a first request on a
-//! new connection), and otherwise counted as half and reported as ambiguous.
+//! (`R`) and request-seconds per dependency.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 
+use super::shape::{Known, Shape};
 use crate::sockdiag::{SockDiag, SockDiagError, TcpInfo, TcpSocket, TCP_ESTABLISHED, TCP_LISTEN};
 
 /// Which of the two sides spoke last.
@@ -55,137 +61,165 @@ pub trait ThreadOracle {
     fn reader(&mut self, inode: u64, inbound: bool) -> Reader;
 }
 
-/// The decision for one connection in one round: 1.0 outstanding, 0.0 not, 0.5 unknown.
+/// How a decision was reached; the budget keeps some of these apart (queued, send queue) and the
+/// evidence counts the unresolved ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum How {
+    /// Inbound request bytes sit unread: the request waits for the service to read it.
+    Queued,
+    /// The response (inbound) or request (outbound) is written but not all sent.
+    SendQueue,
+    /// `tcp_info` timestamps ordered the last exchange.
+    Ordered,
+    /// The connection's learnt exchange shape (see [`super::shape`]).
+    Shape,
+    /// Nothing moved since the previous round, whose state was known.
+    Carried,
+    /// One side has spoken and the other never: a first request.
+    FirstRequest,
+    /// A thread blocked on the socket, or none where one would be.
+    Threads,
+    /// First sight of a connection quiet for a second or more.
+    Quiet,
+    /// Nothing could tell; the value is filled in from the resolved samples of the service.
+    Unresolved,
+}
+
+/// The decision for one connection in one round: 1.0 outstanding, 0.0 not.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Decision {
     pub value: f64,
-    pub ambiguous: bool,
+    pub how: How,
 }
 
-/// Decides whether a request is outstanding on one connection. `awaiting_peer` is the direction:
-/// true for outbound (we wait for the peer's response), false for inbound (the peer waits for ours).
+impl Decision {
+    pub fn resolved(&self) -> bool {
+        self.how != How::Unresolved
+    }
+}
+
+/// Decides whether a request is outstanding on one connection. `inbound`: the peer waits for our
+/// response; outbound: we wait for the peer's. `shape` is the connection's learnt prediction.
 pub fn decide(
     inbound: bool,
     sock: &TcpSocket,
     info: &TcpInfo,
-    prev: Option<(&TcpInfo, f64)>,
+    prev: Option<(&TcpInfo, Decision)>,
     oracle: &mut dyn ThreadOracle,
-    counters: Option<f64>,
+    shape: Option<f64>,
 ) -> Decision {
-    let yes = Decision {
-        value: 1.0,
-        ambiguous: false,
-    };
-    let no = Decision {
-        value: 0.0,
-        ambiguous: false,
-    };
+    let is = |value: f64, how: How| Decision { value, how };
     // Unread bytes are the strongest sign: inbound, a request waits for us; outbound, a
     // response has arrived and the service has not got round to it (its own delay, not the peer's).
     if sock.rqueue > 0 {
-        return if inbound { yes } else { no };
-    }
-    let outstanding = |peer_spoke_last: bool| {
-        if inbound == peer_spoke_last {
-            yes
+        return if inbound {
+            is(1.0, How::Queued)
         } else {
-            no
-        }
-    };
-    match last_data(info) {
-        LastData::Received => outstanding(true),
-        LastData::Sent => outstanding(false),
-        LastData::Tie => {
-            if let Some((p, v)) = prev {
-                if p.bytes_acked == info.bytes_acked
-                    && p.bytes_received == info.bytes_received
-                    && p.data_segs_in == info.data_segs_in
-                    && p.data_segs_out == info.data_segs_out
-                {
-                    return Decision {
-                        value: v,
-                        ambiguous: false,
-                    };
-                }
-            } else if info.last_data_sent_ms >= 1000 {
-                // First sight of a connection quiet for a second or more: idle.
-                return no;
-            }
-            // Direction counters: a connection on which one side has spoken and the other never
-            // has carries its first request (a new connection ties with its own set-up).
-            let (heard, spoke) = if inbound {
-                (info.data_segs_in, info.data_segs_out)
-            } else {
-                (info.data_segs_out, info.data_segs_in)
-            };
-            if heard > 0 && spoke == 0 {
-                return yes;
-            }
-            if sock.inode != 0 {
-                match oracle.reader(sock.inode, inbound) {
-                    Reader::Blocked => return outstanding(false),
-                    Reader::Unread => return outstanding(true),
-                    Reader::Unknown => {}
-                }
-            }
-            // The connection's learnt segment balance (see `Balance`), when threads cannot tell.
-            if let Some(value) = counters {
-                return Decision {
-                    value,
-                    ambiguous: false,
-                };
-            }
-            Decision {
-                value: 0.5,
-                ambiguous: true,
-            }
-        }
-    }
-}
-
-/// Direction counters. Request/response protocols alternate one data segment each way (a query
-/// out, a result in), so on a connection `segments we sent - segments the peer sent` is a
-/// constant while nothing is outstanding, and one more while a request is. The constant is learnt
-/// from rounds whose state is known for sure, trusted once seen twice, and settles ties that
-/// thread states cannot (event loops). Protocols that do not alternate never confirm it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Balance {
-    offset: i64,
-    confirmed: u8,
-}
-
-impl Balance {
-    /// Segments "we" sent minus segments "they" sent, from the waiting side's point of view:
-    /// outbound, our requests; inbound, the peer's.
-    fn diff(inbound: bool, info: &TcpInfo) -> i64 {
-        let (asked, answered) = if inbound {
-            (info.data_segs_in, info.data_segs_out)
-        } else {
-            (info.data_segs_out, info.data_segs_in)
+            is(0.0, How::Queued)
         };
-        asked as i64 - answered as i64
     }
+    // Written but not yet sent (Nagle's algorithm waiting for an ACK, a full window): the peer
+    // does not have the whole message. Inbound, its client still waits; outbound, our request has
+    // not fully left. Sent but unacknowledged bytes do not count: a peer in interactive mode
+    // delays its ACK to piggyback it on its next message, long after it read ours.
+    if info.notsent_bytes > 0 {
+        return is(1.0, How::SendQueue);
+    }
+    let peer_spoke_last = match last_data(info) {
+        LastData::Received => Some(true),
+        LastData::Sent => Some(false),
+        LastData::Tie => None,
+    };
+    // The peer spoke last: inbound, a request is being served; outbound, the response is in.
+    if peer_spoke_last == Some(true) {
+        return is(if inbound { 1.0 } else { 0.0 }, How::Ordered);
+    }
+    // Counts beat timestamps: they are exact at this instant and see part-sent responses.
+    if let Some(v) = shape {
+        return is(v, How::Shape);
+    }
+    if peer_spoke_last == Some(false) {
+        return is(if inbound { 0.0 } else { 1.0 }, How::Ordered);
+    }
+    // A tie within one kernel tick.
+    if let Some((p, d)) = prev {
+        let moved = p.bytes_acked != info.bytes_acked
+            || p.bytes_received != info.bytes_received
+            || p.data_segs_in != info.data_segs_in
+            || p.data_segs_out != info.data_segs_out;
+        if !moved && d.resolved() {
+            return is(d.value, How::Carried);
+        }
+    }
+    // Direction counters: a connection on which one side has spoken and the other never
+    // carries its first request (a new connection ties with its own set-up).
+    let (asked, answered) = if inbound {
+        (info.data_segs_in, info.data_segs_out)
+    } else {
+        (info.data_segs_out, info.data_segs_in)
+    };
+    if asked > 0 && answered == 0 {
+        return is(1.0, How::FirstRequest);
+    }
+    if sock.inode != 0 {
+        match oracle.reader(sock.inode, inbound) {
+            // A thread reading the socket waits for the peer.
+            Reader::Blocked => return is(if inbound { 0.0 } else { 1.0 }, How::Threads),
+            Reader::Unread => return is(if inbound { 1.0 } else { 0.0 }, How::Threads),
+            Reader::Unknown => {}
+        }
+    }
+    if prev.is_none() && info.last_data_sent_ms >= 1000 {
+        return is(0.0, How::Quiet);
+    }
+    is(0.0, How::Unresolved)
+}
 
-    /// Learns from a round whose state is known (`value` 0 or 1).
-    pub fn learn(&mut self, inbound: bool, info: &TcpInfo, value: f64) {
-        let offset = Self::diff(inbound, info) - value as i64;
-        if offset == self.offset && self.confirmed > 0 {
-            self.confirmed = self.confirmed.saturating_add(1);
-        } else {
-            *self = Balance {
-                offset,
-                confirmed: 1,
-            };
+/// What is known for sure, for the shape learner, from a decision.
+fn known(d: &Decision) -> Known {
+    match (d.how, d.value > 0.5) {
+        (How::Queued | How::Threads | How::FirstRequest, true) => Known::Outstanding,
+        (How::Threads, false) => Known::Idle,
+        _ => Known::Nothing,
+    }
+}
+
+/// Unresolved samples are given the in-flight rate of the resolved ties of the same direction
+/// (the same service, the same moment in its life), never a flat half: on a service whose idle
+/// keep-alive connections outnumber its busy ones a half is wildly wrong. Until enough ties have
+/// been resolved, the rate of every resolved sample of that direction stands in.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Fill {
+    ties: f64,
+    ties_in_flight: f64,
+    all: f64,
+    all_in_flight: f64,
+}
+
+impl Fill {
+    const ENOUGH: f64 = 20.0;
+
+    fn learn(&mut self, d: &Decision, tie: bool) {
+        if !d.resolved() {
+            return;
+        }
+        self.all += 1.0;
+        self.all_in_flight += d.value;
+        if tie {
+            self.ties += 1.0;
+            self.ties_in_flight += d.value;
         }
     }
 
-    /// 1.0 or 0.0 once the offset has been confirmed, else `None`.
-    pub fn predict(&self, inbound: bool, info: &TcpInfo) -> Option<f64> {
-        (self.confirmed >= 2).then(|| match Self::diff(inbound, info) - self.offset {
-            1 => Some(1.0),
-            0 => Some(0.0),
-            _ => None, // pipelining or a protocol that does not alternate: no opinion
-        })?
+    /// The estimate for one unresolved sample, or `None` when nothing has been resolved yet.
+    pub fn estimate(&self) -> Option<f64> {
+        if self.ties >= Self::ENOUGH {
+            Some(self.ties_in_flight / self.ties)
+        } else if self.all > 0.0 {
+            Some(self.all_in_flight / self.all)
+        } else {
+            None
+        }
     }
 }
 
@@ -193,9 +227,9 @@ struct Conn {
     inbound: bool,
     sock: TcpSocket,
     info: TcpInfo,
-    value: f64,
+    decision: Decision,
     round: u64,
-    balance: Balance,
+    shape: Shape,
 }
 
 /// What one round found, to be weighted by the time since the previous round.
@@ -207,7 +241,15 @@ pub struct Round {
     /// Outstanding requests per dependency endpoint.
     pub awaiting: Vec<(SocketAddr, f64)>,
     pub samples: u64,
-    pub ambiguous: u64,
+    /// Samples nothing could resolve; their value was estimated (see [`Fill`]).
+    pub unresolved: u64,
+    /// Inbound requests whose bytes sat unread (waiting for the service to read them), by
+    /// socket inode (0 for connections not yet accepted).
+    pub queued: Vec<(u64, f64)>,
+    /// Inbound requests whose response was written but not yet all sent or acknowledged.
+    pub send_queue: f64,
+    /// Inbound requests decided by each means, for the evidence: (shape, threads, ordered).
+    pub by_shape: u64,
     pub inbound_conns: usize,
     pub outbound_conns: usize,
     /// Whether this round walked the whole socket table.
@@ -234,6 +276,8 @@ pub struct SocketSampler {
     /// A listening socket in this network namespace belongs to another process: namespace-wide
     /// counters (accepted connections) are then not the service's alone.
     pub foreign_listeners: bool,
+    fill_inbound: Fill,
+    fill_outbound: Fill,
 }
 
 impl SocketSampler {
@@ -250,6 +294,8 @@ impl SocketSampler {
             inbound_at_dump: 0,
             churn: false,
             foreign_listeners: false,
+            fill_inbound: Fill::default(),
+            fill_outbound: Fill::default(),
         })
     }
 
@@ -289,6 +335,8 @@ impl SocketSampler {
             ..Round::default()
         };
         let mut awaiting: HashMap<SocketAddr, f64> = HashMap::new();
+        let mut unresolved_inbound = 0u64;
+        let mut unresolved_outbound: HashMap<SocketAddr, u64> = HashMap::new();
         for s in &self.socks {
             if s.state == TCP_LISTEN {
                 continue;
@@ -306,34 +354,37 @@ impl SocketSampler {
                 continue;
             }
             let key = (s.local, s.remote);
-            let prev = self
-                .conns
-                .get(&key)
-                .filter(|c| c.inbound == inbound)
-                .map(|c| (&c.info, c.value));
-            let mut balance = self
-                .conns
-                .get(&key)
-                .filter(|c| c.inbound == inbound)
-                .map(|c| c.balance)
-                .unwrap_or_default();
+            let known_conn = self.conns.get(&key).filter(|c| c.inbound == inbound);
+            let prev = known_conn.map(|c| (&c.info, c.decision));
+            let mut shape = known_conn.map(|c| c.shape).unwrap_or_default();
+            let (asked, answered) = if inbound {
+                (info.data_segs_in, info.data_segs_out)
+            } else {
+                (info.data_segs_out, info.data_segs_in)
+            };
+            shape.observe(asked, answered, Known::Nothing);
             let d = decide(
                 inbound,
                 s,
                 &info,
                 prev,
                 oracle,
-                balance.predict(inbound, &info),
+                shape.predict(asked, answered),
             );
-            if !d.ambiguous && last_data(&info) != LastData::Tie {
-                balance.learn(inbound, &info, d.value);
-            }
+            shape.observe(asked, answered, known(&d));
+            let tie = last_data(&info) == LastData::Tie;
+            tracing::trace!(inbound, how = ?d.how, value = d.value, asked, answered, "decision");
             out.samples += 1;
-            if d.ambiguous {
-                out.ambiguous += 1;
-            }
             if inbound {
+                self.fill_inbound.learn(&d, tie);
                 out.inbound_conns += 1;
+                match d.how {
+                    How::Unresolved => unresolved_inbound += 1,
+                    How::Queued => out.queued.push((s.inode, d.value)),
+                    How::SendQueue => out.send_queue += d.value,
+                    How::Shape => out.by_shape += 1,
+                    _ => {}
+                }
                 out.in_flight += d.value;
                 out.new_requests += match self.conns.get(&key) {
                     Some(c) => info.data_segs_in.saturating_sub(c.info.data_segs_in) as f64,
@@ -342,8 +393,13 @@ impl SocketSampler {
                     None => 0.0,
                 };
             } else {
+                self.fill_outbound.learn(&d, tie);
                 out.outbound_conns += 1;
-                *awaiting.entry(s.remote).or_default() += d.value;
+                if d.resolved() {
+                    *awaiting.entry(s.remote).or_default() += d.value;
+                } else {
+                    *unresolved_outbound.entry(s.remote).or_default() += 1;
+                }
             }
             self.conns.insert(
                 key,
@@ -351,11 +407,19 @@ impl SocketSampler {
                     inbound,
                     sock: s.clone(),
                     info,
-                    value: d.value,
+                    decision: d,
                     round: self.round,
-                    balance,
+                    shape,
                 },
             );
+        }
+        // Unresolved samples take the in-flight rate of this service's resolved ones.
+        out.unresolved = unresolved_inbound;
+        out.in_flight += unresolved_inbound as f64 * self.fill_inbound.estimate().unwrap_or(0.0);
+        let outbound_rate = self.fill_outbound.estimate().unwrap_or(0.0);
+        for (endpoint, n) in unresolved_outbound {
+            out.unresolved += n;
+            *awaiting.entry(endpoint).or_default() += n as f64 * outbound_rate;
         }
         let round = self.round;
         let mut closed = 0;
@@ -417,7 +481,16 @@ mod tests {
             last_data_recv_ms: recv,
             bytes_acked: bytes,
             bytes_received: bytes,
+            data_segs_in: 3,
+            data_segs_out: 3,
             ..TcpInfo::default()
+        }
+    }
+
+    fn known_state(value: f64) -> Decision {
+        Decision {
+            value,
+            how: How::Ordered,
         }
     }
 
@@ -434,60 +507,73 @@ mod tests {
     }
 
     #[test]
-    fn segment_balance_is_learnt_and_confirmed_before_use() {
-        let at = |out: u32, inn: u32| TcpInfo {
-            data_segs_out: out,
-            data_segs_in: inn,
-            ..TcpInfo::default()
-        };
-        let mut b = Balance::default();
-        // Outbound: the handshake left us 3 segments ahead; then queries and results alternate.
-        b.learn(false, &at(4, 1), 1.0); // a query outstanding
-        assert_eq!(
-            b.predict(false, &at(5, 2)),
-            None,
-            "one sighting is not enough"
-        );
-        b.learn(false, &at(4, 2), 0.0); // answered
-        assert_eq!(b.predict(false, &at(5, 2)), Some(1.0));
-        assert_eq!(b.predict(false, &at(5, 3)), Some(0.0));
-        assert_eq!(b.predict(false, &at(9, 3)), None, "pipelined: no opinion");
-        // A protocol that does not alternate keeps resetting and never predicts.
-        let mut c = Balance::default();
-        c.learn(true, &at(0, 3), 1.0);
-        c.learn(true, &at(0, 7), 1.0);
-        assert_eq!(c.predict(true, &at(0, 8)), None);
-    }
-
-    #[test]
     fn unread_bytes_win() {
         let mut o = Knows(Reader::Unknown);
         let i = info(4, 20, 1);
         assert_eq!(decide(false, &sock(10), &i, None, &mut o, None).value, 0.0);
-        assert_eq!(decide(true, &sock(10), &i, None, &mut o, None).value, 1.0);
+        let d = decide(true, &sock(10), &i, None, &mut o, None);
+        assert_eq!((d.value, d.how), (1.0, How::Queued));
     }
 
     #[test]
-    fn ties_carry_then_ask_threads_then_count_half() {
+    fn a_response_held_in_the_send_queue_is_still_in_flight() {
+        let mut o = Knows(Reader::Unknown);
+        // Headers sent last (timestamps say "answered"), body held by Nagle.
+        let mut i = info(4, 20, 1);
+        i.notsent_bytes = 512;
+        let d = decide(true, &sock(0), &i, None, &mut o, None);
+        assert_eq!((d.value, d.how), (1.0, How::SendQueue));
+    }
+
+    #[test]
+    fn the_learnt_shape_settles_a_tie_and_a_part_sent_response() {
+        let mut o = Knows(Reader::Unknown);
         let tie = info(4, 4, 100);
-        // No data moved since the previous round: the state carries.
+        let d = decide(true, &sock(0), &tie, None, &mut o, Some(1.0));
+        assert_eq!((d.value, d.how), (1.0, How::Shape));
+        // Timestamps say we spoke last, but the shape says the response is part-sent.
+        let d = decide(true, &sock(0), &info(4, 20, 1), None, &mut o, Some(1.0));
+        assert_eq!((d.value, d.how), (1.0, How::Shape));
+        // The peer speaking last is in flight whatever the shape says.
+        let d = decide(true, &sock(0), &info(20, 4, 1), None, &mut o, Some(0.0));
+        assert_eq!(d.value, 1.0);
+    }
+
+    #[test]
+    fn ties_carry_only_a_known_state_then_ask_threads_then_stay_unresolved() {
+        let tie = info(4, 4, 100);
         let prev = info(4, 4, 100);
         let d = decide(
             false,
             &sock(0),
             &tie,
-            Some((&prev, 1.0)),
+            Some((&prev, known_state(1.0))),
             &mut Knows(Reader::Unknown),
             None,
         );
-        assert_eq!((d.value, d.ambiguous), (1.0, false));
+        assert_eq!((d.value, d.how), (1.0, How::Carried));
+        // An unresolved state never carries: an idle keep-alive connection whose last exchange
+        // fell in one tick must not stay "half in flight" for as long as it is idle.
+        let unresolved = Decision {
+            value: 0.0,
+            how: How::Unresolved,
+        };
+        let d = decide(
+            true,
+            &sock(0),
+            &tie,
+            Some((&prev, unresolved)),
+            &mut Knows(Reader::Unknown),
+            None,
+        );
+        assert_eq!(d.how, How::Unresolved);
         // Data moved: a thread blocked reading the socket means outbound awaits.
         let moved = info(0, 0, 50);
         let d = decide(
             false,
             &sock(0),
             &tie,
-            Some((&moved, 0.0)),
+            Some((&moved, known_state(0.0))),
             &mut Knows(Reader::Blocked),
             None,
         );
@@ -496,42 +582,29 @@ mod tests {
             true,
             &sock(0),
             &tie,
-            Some((&moved, 1.0)),
+            Some((&moved, known_state(1.0))),
             &mut Knows(Reader::Blocked),
             None,
         );
         assert_eq!(d.value, 0.0, "a thread reading an inbound socket is idle");
-        // No thread reads it in a process without event loops: the service owes the next move.
         let d = decide(
             true,
             &sock(0),
             &tie,
-            Some((&moved, 0.0)),
+            Some((&moved, known_state(0.0))),
             &mut Knows(Reader::Unread),
             None,
         );
-        assert_eq!(
-            d.value, 1.0,
-            "an unread inbound socket carries a request in flight"
-        );
+        assert_eq!(d.value, 1.0, "an unread inbound socket carries a request");
         let d = decide(
             false,
             &sock(0),
             &tie,
-            Some((&moved, 1.0)),
-            &mut Knows(Reader::Unread),
-            None,
-        );
-        assert_eq!(d.value, 0.0, "an unread outbound socket awaits nothing");
-        let d = decide(
-            false,
-            &sock(0),
-            &tie,
-            Some((&moved, 0.0)),
+            Some((&moved, known_state(0.0))),
             &mut Knows(Reader::Unknown),
             None,
         );
-        assert_eq!((d.value, d.ambiguous), (0.5, true));
+        assert_eq!(d.how, How::Unresolved);
         // First sight of a long-quiet connection: idle.
         let d = decide(
             false,
@@ -541,6 +614,31 @@ mod tests {
             &mut Knows(Reader::Unknown),
             None,
         );
-        assert_eq!(d.value, 0.0);
+        assert_eq!((d.value, d.how), (0.0, How::Quiet));
+    }
+
+    #[test]
+    fn unresolved_samples_take_the_rate_of_resolved_ties_not_a_half() {
+        let mut f = Fill::default();
+        assert_eq!(f.estimate(), None);
+        let idle = Decision {
+            value: 0.0,
+            how: How::Shape,
+        };
+        let busy = Decision {
+            value: 1.0,
+            how: How::Ordered,
+        };
+        f.learn(&busy, false);
+        assert_eq!(
+            f.estimate(),
+            Some(1.0),
+            "before enough ties, every resolved sample"
+        );
+        for _ in 0..99 {
+            f.learn(&idle, true);
+        }
+        f.learn(&busy, true);
+        assert!((f.estimate().expect("estimate") - 0.01).abs() < 1e-9);
     }
 }

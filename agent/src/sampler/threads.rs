@@ -156,6 +156,7 @@ pub struct ThreadTable {
     exited: ThreadTotals,
     buf: Vec<u8>,
     started: bool,
+    still: Vec<u32>,
     /// `syscall` needs ptrace access (CAP_SYS_PTRACE or same uid without Yama restrictions).
     pub syscall_denied: bool,
     pub errors: ThreadErrors,
@@ -174,6 +175,7 @@ impl ThreadTable {
             exited: ThreadTotals::default(),
             buf: Vec::with_capacity(256),
             started: false,
+            still: Vec::new(),
             syscall_denied: false,
             errors: ThreadErrors::default(),
         }
@@ -292,6 +294,7 @@ impl ThreadTable {
     /// for a thread on CPU or runnable. Does nothing once access has been denied.
     pub fn sample_states(&mut self, out: &mut Vec<(u32, Option<Blocked>)>) {
         out.clear();
+        self.still.clear();
         if self.syscall_denied {
             return;
         }
@@ -321,6 +324,7 @@ impl ThreadTable {
                 .map(|s| s.on_cpu_ns);
             if let (Some(ns), Some((at, state))) = (ran_ns, t.state) {
                 if ns == at && state.is_some() {
+                    self.still.push(*tid);
                     out.push((*tid, state));
                     continue;
                 }
@@ -347,6 +351,12 @@ impl ThreadTable {
                 _ => {}
             }
         }
+    }
+
+    /// Threads of the last [`Self::sample_states`] that were blocked and have not run since the
+    /// sample before: parked (an idle pool thread, a helper waiting for work), not contending.
+    pub fn still_threads(&self) -> &[u32] {
+        &self.still
     }
 
     /// Samples one thread's state (its syscall file, no gating). `None` if it cannot be read.

@@ -34,6 +34,17 @@ pub fn write_response(w: &mut TcpStream, body: &[u8]) -> std::io::Result<()> {
     w.write_all(&msg)
 }
 
+/// Writes the head and the body in two write calls, as many frameworks do: with Nagle's
+/// algorithm on, the small body waits for the client's (delayed) ACK of the head.
+pub fn write_response_split(w: &mut TcpStream, body: &[u8]) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    w.write_all(head.as_bytes())?;
+    w.write_all(body)
+}
+
 /// Sends a GET and reads the response body.
 pub fn get(conn: &mut BufReader<TcpStream>, path: &str) -> std::io::Result<Vec<u8>> {
     conn.get_mut()

@@ -18,14 +18,19 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     // One connection per request, as HTTP/1.0 clients and many scripts do.
     let reconnect = args.num("reconnect", 0.0) > 0.0;
     let path = args.get("path").unwrap_or("/work").to_string();
-    let end = Instant::now() + duration;
+    let t0 = Instant::now();
+    let end = t0 + duration;
+    // The client's view over a window, to compare with the agent's: requests completed in it,
+    // their mean latency, and the exact mean number in flight (overlap of every request with it).
+    let from = args.num("measure-after-s", 0.0);
+    let to = from + args.num("measure-for-s", duration.as_secs_f64());
     let handles: Vec<_> = (0..concurrency)
         .map(|i| {
             let (target, path) = (target.clone(), path.clone());
             std::thread::spawn(move || {
                 let mut rng: u64 =
                     0x2545f4914f6cdd1d ^ ((i as u64 + 1).wrapping_mul(0x9e3779b97f4a7c15));
-                let mut lat = Vec::new();
+                let mut lat: Vec<(f64, f64)> = Vec::new();
                 let mut errors = 0u32;
                 let mut conn: Option<BufReader<TcpStream>> = None;
                 while Instant::now() < end && errors < 100 {
@@ -45,7 +50,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                     let Some(c) = conn.as_mut() else { continue };
                     let t = Instant::now();
                     match get(c, &path) {
-                        Ok(_) => lat.push(t.elapsed().as_secs_f64()),
+                        Ok(_) => lat.push((
+                            t.duration_since(t0).as_secs_f64(),
+                            t.elapsed().as_secs_f64(),
+                        )),
                         Err(_) => {
                             errors += 1;
                             conn = None;
@@ -66,7 +74,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             })
         })
         .collect();
-    let mut all = Vec::new();
+    let mut all: Vec<(f64, f64)> = Vec::new();
     let mut errors = 0;
     for h in handles {
         if let Ok((l, e)) = h.join() {
@@ -74,17 +82,36 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             errors += e;
         }
     }
-    all.sort_by(|a, b| a.total_cmp(b));
-    let mean = if all.is_empty() {
+    let mut lat: Vec<f64> = all.iter().map(|&(_, l)| l).collect();
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let mean = if lat.is_empty() {
         0.0
     } else {
-        all.iter().sum::<f64>() / all.len() as f64
+        lat.iter().sum::<f64>() / lat.len() as f64
     };
-    let p99 = all.get(all.len() * 99 / 100).copied().unwrap_or(0.0);
+    let p99 = lat.get(lat.len() * 99 / 100).copied().unwrap_or(0.0);
+    let span = (to - from).max(1e-9);
+    let overlap: f64 = all
+        .iter()
+        .map(|&(s, l)| ((s + l).min(to) - s.max(from)).max(0.0))
+        .sum();
+    let done: Vec<f64> = all
+        .iter()
+        .filter(|&&(s, l)| s + l >= from && s + l < to)
+        .map(|&(_, l)| l)
+        .collect();
+    let window_mean = if done.is_empty() {
+        0.0
+    } else {
+        done.iter().sum::<f64>() / done.len() as f64
+    };
     println!(
         "{}",
-        serde_json::json!({"requests": all.len(), "errors": errors,
-            "mean_latency_ms": mean * 1000.0, "p99_latency_ms": p99 * 1000.0})
+        serde_json::json!({"requests": lat.len(), "errors": errors,
+            "mean_latency_ms": mean * 1000.0, "p99_latency_ms": p99 * 1000.0,
+            "window": {"from_s": from, "to_s": to, "requests": done.len(),
+                "rate_per_s": done.len() as f64 / span,
+                "mean_latency_ms": window_mean * 1000.0, "mean_in_flight": overlap / span}})
     );
     Ok(())
 }

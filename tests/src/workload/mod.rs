@@ -55,7 +55,14 @@ impl Truth {
 
     /// GC is a stop-the-world share of wall time: every request in flight stalls.
     pub fn shares(&self) -> TruthShares {
-        let l = self.latency_s.max(1e-9);
+        self.shares_of(self.latency_s)
+    }
+
+    /// Shares of request time `request_s` measured elsewhere (by the clients, whose requests
+    /// also spend time in the server's send queue and the network): the server's own components
+    /// over it, the rest in-process waiting.
+    pub fn shares_of(&self, request_s: f64) -> TruthShares {
+        let l = request_s.max(1e-9);
         let gc = if self.wall_s > 0.0 {
             self.gc_s / self.wall_s
         } else {

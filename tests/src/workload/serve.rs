@@ -7,7 +7,7 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
-use super::http::{get, read_request, write_response};
+use super::http::{get, read_request, write_response, write_response_split};
 use super::pg::PgConn;
 use super::{burn_cpu_ms, thread_cpu_s, thread_run_delay_s, Args, Truth};
 
@@ -71,6 +71,9 @@ struct Service {
     backend: Option<Pool<BufReader<TcpStream>>>,
     truth: Mutex<Truth>,
     started: Instant,
+    /// Head and body in two writes, and Nagle's algorithm left on (`--split 1 --nodelay 0`).
+    split: bool,
+    nodelay: bool,
 }
 
 impl Service {
@@ -145,7 +148,7 @@ impl Service {
 }
 
 fn connection(svc: Arc<Service>, stream: TcpStream) {
-    let _ = stream.set_nodelay(true);
+    let _ = stream.set_nodelay(svc.nodelay);
     let Ok(mut w) = stream.try_clone() else {
         return;
     };
@@ -159,7 +162,12 @@ fn connection(svc: Arc<Service>, stream: TcpStream) {
                 Err(e) => format!("{{\"error\":{:?}}}", e.to_string()).into_bytes(),
             }
         };
-        if write_response(&mut w, &body).is_err() {
+        let written = if svc.split {
+            write_response_split(&mut w, &body)
+        } else {
+            write_response(&mut w, &body)
+        };
+        if written.is_err() {
             return;
         }
     }
@@ -207,6 +215,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         backend,
         truth: Mutex::new(Truth::default()),
         started: Instant::now(),
+        split: args.num("split", 0.0) > 0.0,
+        nodelay: args.num("nodelay", 1.0) > 0.0,
     });
     let listener = TcpListener::bind(("127.0.0.1", args.num("port", 0.0) as u16))?;
     println!("listening {}", listener.local_addr()?);

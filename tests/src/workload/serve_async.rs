@@ -19,6 +19,8 @@ struct Service {
     clients: Mutex<Vec<tokio_postgres::Client>>,
     truth: Mutex<Truth>,
     started: Instant,
+    /// No `--db`: answer right after the CPU burst.
+    no_db: bool,
 }
 
 impl Service {
@@ -32,6 +34,15 @@ impl Service {
             let c = super::thread_cpu_s();
             burn_cpu_ms(self.cpu_ms);
             t.cpu_s = super::thread_cpu_s() - c;
+        }
+        if self.no_db {
+            t.latency_s = t0.elapsed().as_secs_f64();
+            if let Ok(mut sum) = self.truth.lock() {
+                sum.requests += 1.0;
+                sum.latency_s += t.latency_s;
+                sum.cpu_s += t.cpu_s;
+            }
+            return Ok(());
         }
         let w = Instant::now();
         let permit = self.pool.acquire().await?;
@@ -117,15 +128,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         .build()?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async {
-        let db = args
-            .get("db")
-            .ok_or_else(|| anyhow::anyhow!("--db ADDR:PORT is required"))?;
-        let (host, port) = db
-            .rsplit_once(':')
-            .ok_or_else(|| anyhow::anyhow!("--db ADDR:PORT"))?;
+        let db = args.get("db");
         let k = args.num("pool", 8.0) as usize;
         let mut clients = Vec::new();
-        for _ in 0..k {
+        for _ in 0..if db.is_some() { k } else { 0 } {
+            let (host, port) = db
+                .and_then(|d| d.rsplit_once(':'))
+                .ok_or_else(|| anyhow::anyhow!("--db ADDR:PORT"))?;
             let (client, conn) = tokio_postgres::connect(
                 &format!("host={host} port={port} user=postgres dbname=postgres"),
                 tokio_postgres::NoTls,
@@ -141,8 +150,15 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             clients: Mutex::new(clients),
             truth: Mutex::new(Truth::default()),
             started: Instant::now(),
+            no_db: db.is_none(),
         });
-        let listener = TcpListener::bind(("127.0.0.1", args.num("port", 0.0) as u16)).await?;
+        let listener = tokio::net::TcpSocket::new_v4()?;
+        listener.set_reuseaddr(true)?;
+        listener.bind(std::net::SocketAddr::from((
+            [127, 0, 0, 1],
+            args.num("port", 0.0) as u16,
+        )))?;
+        let listener: TcpListener = listener.listen(4096)?;
         println!("listening {}", listener.local_addr()?);
         loop {
             let (stream, _) = listener.accept().await?;
