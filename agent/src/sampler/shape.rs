@@ -178,8 +178,16 @@ mod tests {
     #[test]
     fn too_few_exchanges_give_no_opinion() {
         let mut s = Shape::default();
-        let (a, b) = replay(&mut s, 1, 2);
+        let (a, b) = replay(&mut s, 1, 1);
         assert_eq!(s.predict(a, b), None);
+        // Two exchanges seen only at idle moments: one segment per response (idle) and two
+        // (a request outstanding, half answered) both fit, so there is no opinion yet.
+        let mut t = Shape::default();
+        t.observe(1, 1, Known::Nothing);
+        t.observe(2, 2, Known::Nothing);
+        assert_eq!(t.predict(2, 2), None);
+        t.observe(3, 3, Known::Nothing);
+        assert_eq!(t.predict(3, 3), Some(0.0));
     }
 
     #[test]
