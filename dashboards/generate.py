@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Writes scalewise's Grafana dashboards (classic JSON model) into dashboards/*.json.
+"""Writes scalewise's Grafana dashboards (classic JSON model) into dashboards/*.json, and the
+Kubernetes ConfigMaps that carry them, the provisioning files, the Prometheus config and rules.
 
 The JSON files are committed so that users can import or provision them as they are; this script
 is their source, so a layout change is one edit here instead of a hundred in JSON. The test suite
@@ -1097,21 +1098,78 @@ def agents():
 
 
 DASHBOARDS = {"fleet.json": fleet, "service.json": service, "agents.json": agents}
+REPO = HERE.parent
+KUBE = REPO / "deploy" / "kubernetes"
+
+
+def block(text, indent):
+    """A YAML literal block scalar holding `text` exactly."""
+    pad = " " * indent
+    lines = [pad + line if line else "" for line in text.rstrip("\n").split("\n")]
+    return "|\n" + "\n".join(lines) + "\n"
+
+
+def configmap(name, comment, data, labels=None):
+    out = [f"# {line}".rstrip() for line in comment.split("\n")]
+    out += ["# Written by dashboards/generate.py: edit the sources, not this file.", "apiVersion: v1", "kind: ConfigMap", "metadata:"]
+    out += [f"  name: {name}", "  namespace: scalewise", "  labels:", "    app.kubernetes.io/part-of: scalewise"]
+    for k, v in (labels or {}).items():
+        out.append(f'    {k}: "{v}"')
+    out.append("data:")
+    text = "\n".join(out) + "\n"
+    for key, value in data.items():
+        text += f"  {key}: " + block(value, 4)
+    return text
+
+
+def kubernetes_files(dashboards):
+    files = {}
+    files[KUBE / "grafana-dashboards.yaml"] = configmap(
+        "scalewise-grafana-dashboards",
+        "scalewise's Grafana dashboards. The label grafana_dashboard: \"1\" is what the Grafana Helm\n"
+        "chart's dashboard sidecar looks for; without the sidecar, mount this ConfigMap at\n"
+        "/var/lib/grafana/dashboards/scalewise with scalewise-grafana-provisioning beside it.",
+        dashboards,
+        labels={"grafana_dashboard": "1"},
+    ) + "---\n" + configmap(
+        "scalewise-grafana-provisioning",
+        "Grafana file provisioning: mount at /etc/grafana/provisioning/dashboards/ (dashboards.yaml)\n"
+        "and, optionally, /etc/grafana/provisioning/datasources/ (datasource.yaml).",
+        {
+            "dashboards.yaml": (HERE / "provisioning" / "dashboards.yaml").read_text(),
+            "datasource.yaml": (HERE / "provisioning" / "datasource.yaml").read_text(),
+        },
+    )
+    files[KUBE / "prometheus-config.yaml"] = configmap(
+        "scalewise-prometheus",
+        "A Prometheus configuration (kubernetes service discovery) and scalewise's recording and\n"
+        "alert rules, side by side: mount at /etc/prometheus/.",
+        {
+            "prometheus.yml": (REPO / "deploy" / "prometheus" / "prometheus-kubernetes.yml").read_text(),
+            "scalewise.rules.yaml": (HERE / "rules" / "scalewise.rules.yaml").read_text(),
+        },
+    )
+    return files
 
 
 def main():
     check = "--check" in sys.argv[1:]
-    stale = []
+    outputs = {}
+    dashboards = {}
     for name, build in DASHBOARDS.items():
         text = json.dumps(build(), indent=2, ensure_ascii=False) + "\n"
-        path = HERE / name
+        outputs[HERE / name] = text
+        dashboards[name] = text
+    outputs.update(kubernetes_files(dashboards))
+    stale = []
+    for path, text in outputs.items():
         if check:
             if not path.exists() or path.read_text() != text:
-                stale.append(name)
+                stale.append(str(path.relative_to(REPO)))
         else:
             path.write_text(text)
     if stale:
-        print(f"dashboards out of date: {', '.join(stale)}: run dashboards/generate.py", file=sys.stderr)
+        print(f"out of date: {', '.join(stale)}: run dashboards/generate.py", file=sys.stderr)
         sys.exit(1)
 
 
