@@ -311,7 +311,7 @@ def fleet():
     sel = 'service_name=~"$service"'
     L = Layout()
     for title, verdict, color, desc in [
-        ("Services", None, "text", "Services the collectors have a verdict for."),
+        ("Services watched", None, "text", "Services the collectors have a verdict for."),
         ("Scale up", "scale_up", "red", "Services limited by CPU: more or faster CPU, or faster code, helps."),
         ("Scale out", "scale_out", "orange", "Services waiting in-process (locks, pools, queues) with CPU to spare: more workers or instances help."),
         ("Dependency", "dependency", "blue", "Services waiting on a downstream dependency: fix the dependency; a rewrite will not help."),
@@ -482,7 +482,7 @@ def service():
     s = 'service_name="$service"'
     si = 'service_name="$service",service_instance_id=~"$instance"'
     L = Layout()
-    L.row("Verdict")
+    L.row("Verdict and load")
     L.add(
         stat(
             "Verdict",
@@ -738,10 +738,10 @@ def service():
         8,
     )
 
-    L.row("Instances")
+    L.row("Per instance")
     L.add(
         table(
-            "Instances",
+            "Instance details",
             "One row per instance over the last 5 minutes: load, CPU against capacity, memory. An instance unlike the others (more in flight, less capacity) is an outlier to look at first.",
             "none",
             [
@@ -896,7 +896,7 @@ def agents():
     )
     L.add(
         table(
-            "Agents",
+            "Agent details",
             "One row per agent: services watched, CPU and memory it uses, version.",
             "none",
             [
