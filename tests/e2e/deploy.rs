@@ -458,7 +458,12 @@ fn synthetic_series() -> Vec<(&'static str, &'static str, Series)> {
             l.extend(extra);
             l
         };
-        let period = if svc == "orders" { 1800.0 } else { 1200.0 };
+        // The CPU-bound service varies less: its CPU stays under its 2-core capacity.
+        let (period, depth) = if svc == "orders" {
+            (1800.0, 0.2)
+        } else {
+            (1200.0, 0.08)
+        };
         let r = rps * lat;
         out.push((
             "scalewise_request_time_seconds",
@@ -466,7 +471,7 @@ fn synthetic_series() -> Vec<(&'static str, &'static str, Series)> {
             Series {
                 name: "scalewise_request_time_seconds_total",
                 labels: base(vec![("source", s("sockets"))]),
-                value: counter(move |t| r * wave(t, period, 0.2)),
+                value: counter(move |t| r * wave(t, period, depth)),
             },
         ));
         out.push((
@@ -475,7 +480,7 @@ fn synthetic_series() -> Vec<(&'static str, &'static str, Series)> {
             Series {
                 name: "scalewise_requests_total",
                 labels: base(vec![]),
-                value: counter(move |t| rps * wave(t, period, 0.2)),
+                value: counter(move |t| rps * wave(t, period, depth)),
             },
         ));
         out.push((
@@ -500,7 +505,7 @@ fn synthetic_series() -> Vec<(&'static str, &'static str, Series)> {
                 Series {
                     name: "scalewise_request_component_time_seconds_total",
                     labels: base(vec![("component", s(component))]),
-                    value: counter(move |t| rate * wave(t, period, 0.2)),
+                    value: counter(move |t| rate * wave(t, period, depth)),
                 },
             ));
         }
@@ -511,7 +516,7 @@ fn synthetic_series() -> Vec<(&'static str, &'static str, Series)> {
                 Series {
                     name: "scalewise_dependency_time_seconds_total",
                     labels: base(vec![("dependency", s(dep)), ("dependency_kind", s(kind))]),
-                    value: counter(move |t| rate * wave(t, period, 0.2)),
+                    value: counter(move |t| rate * wave(t, period, depth)),
                 },
             ));
         }
@@ -1030,22 +1035,69 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
         .expect("query");
     assert_eq!(code[0]["value"][1], "3");
     if let Some(out) = std::env::var_os("SCALEWISE_RENDER_DIR") {
+        let prom = backfill_recording_rules(prom, &config, &tsdb, dir.path(), now);
         render(&prom, Path::new(&out));
     }
 }
 
-/// Plots the service dashboard's main panels from Prometheus's answers (dashboards/render.py,
-/// Python matplotlib): only when SCALEWISE_RENDER_DIR is set, to make the picture in docs/.
+/// The recording rules over the whole backfilled hour, so that panels reading them have history
+/// (the live rule evaluation only covers the seconds since Prometheus started):
+/// `promtool tsdb create-blocks-from rules` evaluates them against the running server. A rule
+/// reading another rule's output sees it only after that output is loaded, so three passes
+/// (the rules nest three deep: rate, local_wait from it, shares from both), restarting
+/// Prometheus on the grown TSDB after each.
+fn backfill_recording_rules(
+    mut prom: Prometheus,
+    config: &Path,
+    tsdb: &Path,
+    dir: &Path,
+    now: f64,
+) -> Prometheus {
+    for pass in 0..3 {
+        let out = dir.join(format!("rules-{pass}"));
+        run_tool(
+            promtool()
+                .args(["tsdb", "create-blocks-from", "rules", "--quiet"])
+                .arg(format!("--start={}", (now - HISTORY_S) as i64))
+                .arg(format!("--end={}", now as i64))
+                .arg(format!("--url=http://{}", prom.addr()))
+                .arg(format!("--output-dir={}", out.display()))
+                .arg("--eval-interval=15s")
+                .arg(root(RULES)),
+        )
+        .expect("backfill recording rules");
+        drop(prom);
+        for block in std::fs::read_dir(&out).expect("blocks").flatten() {
+            std::fs::rename(block.path(), tsdb.join(block.file_name())).expect("move block");
+        }
+        prom = Prometheus::start(config, tsdb).expect("prometheus restart");
+    }
+    prom
+}
+
+/// Draws the service dashboard's panels from Prometheus's answers (dashboards/render.py, Python
+/// matplotlib): only when SCALEWISE_RENDER_DIR is set, to make the picture in docs/.
 fn render(prom: &Prometheus, out: &Path) {
     let python = tool("python3").expect("python3");
-    run_tool(
-        Command::new(python)
-            .arg(root("dashboards/render.py"))
-            .arg(format!("http://{}", prom.addr()))
-            .arg("orders")
-            .arg(out.join("service-dashboard-orders.png")),
-    )
-    .expect("render");
+    for (service, dashboard) in [
+        ("orders", "service"),
+        ("pricing", "service"),
+        (".*", "fleet"),
+    ] {
+        let text = run_tool(
+            Command::new(&python)
+                .arg(root("dashboards/render.py"))
+                .arg(format!("http://{}", prom.addr()))
+                .arg(service)
+                .arg(out.join(format!(
+                    "{dashboard}-dashboard-{}.png",
+                    if service == ".*" { "all" } else { service }
+                )))
+                .arg(root(&format!("dashboards/{dashboard}.json"))),
+        )
+        .expect("render");
+        eprintln!("{text}");
+    }
 }
 
 // --- Kubernetes ------------------------------------------------------------------------------
