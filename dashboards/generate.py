@@ -813,7 +813,9 @@ def service():
             "percentunit",
             [
                 target(
-                    f"sum by (service_instance_id) (rate(scalewise_socket_samples_total{{outcome=\"ambiguous\",{si}}}[$__rate_interval]))\n"
+                    # An instance with no ambiguous sample may export no such series: 0, not a gap.
+                    f"(sum by (service_instance_id) (rate(scalewise_socket_samples_total{{outcome=\"ambiguous\",{si}}}[$__rate_interval]))\n"
+                    f"  or 0 * sum by (service_instance_id) (rate(scalewise_socket_samples_total{{{si}}}[$__rate_interval])))\n"
                     f"  / (sum by (service_instance_id) (rate(scalewise_socket_samples_total{{{si}}}[$__rate_interval])) > 0)",
                     "{{service_instance_id}}",
                 )

@@ -100,8 +100,8 @@ fn every_panel_query_returns_data_from_real_agents_and_a_real_collector() {
     .expect("dependency-bound service");
     let pricing = Service::workload(&["serve", "--workers", "2", "--cpu-ms", "15"])
         .expect("CPU-bound service");
-    let _load_orders = Load::start(orders.port, 6, 150.0, 0.0).expect("load");
-    let _load_pricing = Load::start(pricing.port, 4, 150.0, 0.0).expect("load");
+    let _load_orders = Load::start(orders.port, 6, 300.0, 0.0).expect("load");
+    let _load_pricing = Load::start(pricing.port, 4, 300.0, 0.0).expect("load");
 
     let collector_addr = format!("127.0.0.1:{}", free_port());
     let data = dir.path().join("collector-data");
