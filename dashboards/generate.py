@@ -1161,6 +1161,21 @@ def kubernetes_files(dashboards):
             "scalewise.rules.yaml": (HERE / "rules" / "scalewise.rules.yaml").read_text(),
         },
     )
+    rules = (HERE / "rules" / "scalewise.rules.yaml").read_text()
+    groups = rules[rules.index("groups:") :]
+    files[KUBE / "prometheus-operator" / "prometheusrule.yaml"] = (
+        "# scalewise's recording and alert rules as a Prometheus Operator PrometheusRule (the same\n"
+        "# groups as dashboards/rules/scalewise.rules.yaml). Your Prometheus resource's ruleSelector\n"
+        "# must match its labels. Written by dashboards/generate.py: edit the rules, not this file.\n"
+        "apiVersion: monitoring.coreos.com/v1\n"
+        "kind: PrometheusRule\n"
+        "metadata:\n"
+        "  name: scalewise\n"
+        "  namespace: scalewise\n"
+        "  labels:\n"
+        "    app.kubernetes.io/part-of: scalewise\n"
+        "spec:\n" + "".join("  " + line if line.strip() else line for line in groups.splitlines(keepends=True))
+    )
     return files
 
 

@@ -1380,3 +1380,87 @@ fn container_file_is_multi_stage_with_a_non_root_collector() {
     );
     assert!(f.contains("COPY --from=build /out/scalewise-agent"));
 }
+
+#[test]
+fn prometheus_operator_resources_match_the_rules_and_the_workloads() {
+    let dir = root("deploy/kubernetes/prometheus-operator");
+    let rule = &yaml_documents(&dir.join("prometheusrule.yaml")).expect("PrometheusRule")[0];
+    assert_eq!(rule["kind"], "PrometheusRule");
+    let rules = &yaml_documents(&root(RULES)).expect("rules")[0];
+    assert_eq!(
+        rule["spec"]["groups"], rules["groups"],
+        "PrometheusRule = rules file"
+    );
+    // JSON is YAML: the PrometheusRule's groups as a rule file, through promtool.
+    let tmp = TempDir::new("operator").expect("temp dir");
+    let file = tmp.path().join("groups.yaml");
+    std::fs::write(
+        &file,
+        serde_json::json!({"groups": rule["spec"]["groups"]}).to_string(),
+    )
+    .expect("write");
+    run_tool(promtool().args(["check", "rules"]).arg(&file)).expect("promtool check rules");
+
+    let monitors = yaml_documents(&dir.join("monitors.yaml")).expect("monitors");
+    let sm = monitors
+        .iter()
+        .find(|d| d["kind"] == "ServiceMonitor")
+        .expect("ServiceMonitor");
+    let pm = monitors
+        .iter()
+        .find(|d| d["kind"] == "PodMonitor")
+        .expect("PodMonitor");
+    // The ServiceMonitor selects the collector's Services, on a port they have.
+    let services: Vec<Value> = yaml_documents(&root("deploy/kubernetes/collector.yaml"))
+        .expect("collector")
+        .into_iter()
+        .filter(|d| d["kind"] == "Service")
+        .collect();
+    let wanted = sm["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .expect("matchLabels");
+    let port = sm["spec"]["endpoints"][0]["port"].as_str().expect("port");
+    let selected: Vec<&Value> = services
+        .iter()
+        .filter(|s| wanted.iter().all(|(k, v)| &s["metadata"]["labels"][k] == v))
+        .collect();
+    assert!(
+        !selected.is_empty(),
+        "ServiceMonitor selects no collector Service"
+    );
+    for s in selected {
+        let ports = s["spec"]["ports"].as_array().expect("ports");
+        assert!(
+            ports.iter().any(|p| p["name"] == port),
+            "{} has no port {port}",
+            s["metadata"]["name"]
+        );
+    }
+    // The PodMonitor scrapes the port every agent container declares, keeping the same series as
+    // the plain Prometheus config.
+    let pm_port = pm["spec"]["podMetricsEndpoints"][0]["port"]
+        .as_str()
+        .expect("port");
+    for (name, _, spec) in pod_specs() {
+        for c in ["initContainers", "containers"]
+            .iter()
+            .flat_map(|k| spec[*k].as_array().cloned().unwrap_or_default())
+        {
+            if c["image"]
+                .as_str()
+                .unwrap_or("")
+                .contains("scalewise-agent")
+            {
+                let ports = c["ports"].as_array().cloned().unwrap_or_default();
+                assert!(
+                    ports.iter().any(|p| p["name"] == pm_port),
+                    "{name}: agent has no port {pm_port}"
+                );
+            }
+        }
+    }
+    assert_eq!(
+        pm["spec"]["podMetricsEndpoints"][0]["metricRelabelings"][0]["regex"],
+        "scalewise_agent_.*|scalewise_build_info"
+    );
+}
