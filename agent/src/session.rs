@@ -446,6 +446,7 @@ impl Session {
         let mut app_cpu_ns = 0u64;
         let mut gc_cpu_ns = 0u64;
         let mut delay_ns = 0u64;
+        let (mut loop_cpu_ns, mut loop_delay_ns) = (0u64, 0u64);
         let mut ticks = 0u64;
         let mut busiest: Option<(String, u64)> = None;
         let mut threads = 0;
@@ -455,6 +456,8 @@ impl Session {
             app_cpu_ns += totals.app_cpu_ns;
             gc_cpu_ns += totals.gc_cpu_ns;
             delay_ns += totals.app_delay_ns;
+            loop_cpu_ns += totals.loop_cpu_ns;
+            loop_delay_ns += totals.loop_delay_ns;
             ticks += t.ticks.saturating_sub(t.base_ticks.unwrap_or(t.ticks));
             threads += totals.live_threads;
             if let Some((name, b)) = totals.busiest {
@@ -474,6 +477,8 @@ impl Session {
         self.budget.cpu_s = app_cpu_s.max(process_cpu_s - gc_cpu_s);
         self.budget.gc_thread_cpu_s = gc_cpu_s;
         self.budget.cpu_wait_s = delay_ns as f64 / 1e9;
+        self.budget.loop_cpu_s = loop_cpu_ns as f64 / 1e9;
+        self.budget.loop_delay_s = loop_delay_ns as f64 / 1e9;
         if let Some((name, busy)) = busiest {
             self.budget.busiest_thread_busy_s = busy as f64 / 1e9;
             self.budget.busiest_thread = Some(name);

@@ -65,6 +65,10 @@ pub struct Budget {
     pub downstream: BTreeMap<String, DependencyTime>,
     /// Wall seconds of stop-the-world pauses (not weighted by in-flight).
     pub gc_pause_s: f64,
+    /// The part of `cpu_s` and `cpu_wait_s` spent by event-loop threads (seen waiting in epoll or
+    /// select): when they do the service's work, requests unread in their sockets wait for them.
+    pub loop_cpu_s: f64,
+    pub loop_delay_s: f64,
     /// On-CPU time of runtime GC threads (concurrent collection is work, not a pause).
     pub gc_thread_cpu_s: f64,
     /// Core-seconds the service may use (capacity cores x window).
@@ -122,6 +126,8 @@ impl Budget {
         self.cpu_s += other.cpu_s;
         self.gc_s += other.gc_s;
         self.cpu_wait_s += other.cpu_wait_s;
+        self.loop_cpu_s += other.loop_cpu_s;
+        self.loop_delay_s += other.loop_delay_s;
         for (endpoint, dep) in &other.downstream {
             let mine = self
                 .downstream
@@ -192,6 +198,8 @@ impl Budget {
             cpu_s: d(self.cpu_s, earlier.cpu_s)?,
             gc_s: d(self.gc_s, earlier.gc_s)?,
             cpu_wait_s: d(self.cpu_wait_s, earlier.cpu_wait_s)?,
+            loop_cpu_s: d(self.loop_cpu_s, earlier.loop_cpu_s)?,
+            loop_delay_s: d(self.loop_delay_s, earlier.loop_delay_s)?,
             downstream,
             gc_pause_s: d(self.gc_pause_s, earlier.gc_pause_s)?,
             gc_thread_cpu_s: d(self.gc_thread_cpu_s, earlier.gc_thread_cpu_s)?,

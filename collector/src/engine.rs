@@ -115,9 +115,9 @@ pub struct Thresholds {
     /// A single thread on CPU or runnable for this share of the window is a saturated thread
     /// (an event loop, a lone worker): the service cannot use the cores it has.
     pub hot_thread: f64,
-    /// A busiest thread busy at least this share of the window reads every request (an event
-    /// loop): time requests wait unread in socket buffers is waiting for that thread's CPU.
-    pub busy_reader: f64,
+    /// Event-loop threads doing at least this share of the service's CPU work read and serve
+    /// every request themselves: time requests wait unread in their sockets is waiting for CPU.
+    pub loop_cpu_share: f64,
     /// Unresolved socket samples above this share: the request side is not measured well enough
     /// for a confident verdict.
     pub unresolved_share: f64,
@@ -135,7 +135,7 @@ impl Default for Thresholds {
             saturation: 0.85,
             cpu_wait_share: 0.25,
             hot_thread: 0.90,
-            busy_reader: 0.5,
+            loop_cpu_share: 0.5,
             unresolved_share: 0.25,
             idle_in_flight: 1.0,
         }
@@ -178,11 +178,19 @@ pub fn diagnose(service: &str, pids: &[u32], b: &Budget, t: &Thresholds) -> Diag
     } else {
         0.0
     };
-    // Requests waiting unread in socket buffers wait for whoever reads them. When that is a busy
-    // event loop (or every CPU is busy), they wait for CPU: the same as run-queue delay. Else they
-    // wait for a free worker, which is in-process waiting.
-    let queued_is_cpu = b.loop_queued_s > 0.0 && busiest >= t.busy_reader;
-    let cpu_wait_s = b.cpu_wait_s + if queued_is_cpu { b.loop_queued_s } else { 0.0 };
+    // Requests waiting unread in socket buffers wait for whoever reads them. In a process whose
+    // event-loop threads do most of its work (Node, Redis, nginx, Go, tokio), that is the loop
+    // thread's CPU: the same kind of wait as run-queue delay, and counted with it (less the
+    // loop's own run-queue delay, which already stands for one of those requests). Where the
+    // loop only dispatches to a pool of workers (JDK HttpServer, Netty with a business pool), or
+    // in a thread-per-connection server, they wait for a free worker: in-process waiting.
+    let queued_is_cpu = b.loop_queued_s > 0.0 && b.loop_cpu_s >= t.loop_cpu_share * b.cpu_s;
+    let cpu_wait_s = b.cpu_wait_s
+        + if queued_is_cpu {
+            (b.loop_queued_s - b.loop_delay_s).max(0.0)
+        } else {
+            0.0
+        };
     // Components in request-seconds; local_wait is what is left of R.
     let known = b.cpu_s + b.gc_s + cpu_wait_s + b.downstream_s();
     let scale = if r > 0.0 && known > r { r / known } else { 1.0 };
@@ -267,9 +275,9 @@ pub fn diagnose(service: &str, pids: &[u32], b: &Budget, t: &Thresholds) -> Diag
     if b.queued_s > 0.0 && r > 0.0 {
         evidence.push(if queued_is_cpu {
             format!(
-                "requests waited unread in socket buffers for {} of request time while the busiest thread was busy {}: waiting for that thread's CPU (counted as cpu_wait)",
+                "requests waited unread in socket buffers for {} of request time behind event-loop threads that do {} of the service's CPU work: waiting for those threads' CPU (counted as cpu_wait)",
                 pct(b.queued_s / r),
-                pct(busiest)
+                pct(if b.cpu_s > 0.0 { (b.loop_cpu_s / b.cpu_s).min(1.0) } else { 0.0 })
             )
         } else {
             format!(
@@ -292,10 +300,15 @@ pub fn diagnose(service: &str, pids: &[u32], b: &Budget, t: &Thresholds) -> Diag
     let verdict_and_confidence = if b.request_source == crate::budget::RequestSource::None
         || r <= 0.0
     {
-        evidence.push(
+        evidence.push(if b.requests > 0.0 {
+            format!(
+                "{:.1} requests/s were served but none was caught in flight: each takes far less than the sampling interval, so request time is not measured here (spans would measure it)",
+                per_window(b.requests)
+            )
+        } else {
             "no request signal: no inbound connection carried a request and no spans arrived"
-                .to_string(),
-        );
+                .to_string()
+        });
         None
     } else if load.is_some_and(|l| l.waiting_on_clients) {
         None

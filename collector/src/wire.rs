@@ -35,6 +35,10 @@ pub const QUEUED_TIME: &str = "scalewise.request.queued.time";
 pub const LOOP_QUEUED_TIME: &str = "scalewise.request.loop_queued.time";
 /// Part of [`REQUEST_TIME`] with the response written but not yet all sent or acknowledged.
 pub const SEND_QUEUE_TIME: &str = "scalewise.request.send_queue.time";
+/// On-CPU seconds of event-loop threads (a part of component `cpu`).
+pub const LOOP_CPU_TIME: &str = "scalewise.loop.cpu.time";
+/// Run-queue delay of event-loop threads (a part of component `cpu_wait`).
+pub const LOOP_DELAY_TIME: &str = "scalewise.loop.delay.time";
 /// Inbound connection-seconds: `rate()` is the mean number of open inbound connections.
 pub const CONNECTION_TIME: &str = "scalewise.connection.time";
 /// Wall seconds of stop-the-world GC pauses.
@@ -87,6 +91,8 @@ pub const METRICS: &[(&str, &str, bool)] = &[
     (LOOP_QUEUED_TIME, "s", true),
     (SEND_QUEUE_TIME, "s", true),
     (CONNECTION_TIME, "s", true),
+    (LOOP_CPU_TIME, "s", true),
+    (LOOP_DELAY_TIME, "s", true),
     (GC_PAUSE_TIME, "s", true),
     (GC_CPU_TIME, "s", true),
     (CPU_CAPACITY_TIME, "s", true),
@@ -186,6 +192,8 @@ pub fn budget_points(b: &Budget) -> Vec<WirePoint> {
         point(LOOP_QUEUED_TIME, b.loop_queued_s),
         point(SEND_QUEUE_TIME, b.send_queue_s),
         point(CONNECTION_TIME, b.inbound_conn_s),
+        point(LOOP_CPU_TIME, b.loop_cpu_s),
+        point(LOOP_DELAY_TIME, b.loop_delay_s),
         point(GC_PAUSE_TIME, b.gc_pause_s),
         point(GC_CPU_TIME, b.gc_thread_cpu_s),
         point(CPU_CAPACITY_TIME, b.capacity_core_s),
@@ -323,6 +331,8 @@ pub fn apply(
         LOOP_QUEUED_TIME => b.loop_queued_s = value,
         SEND_QUEUE_TIME => b.send_queue_s = value,
         CONNECTION_TIME => b.inbound_conn_s = value,
+        LOOP_CPU_TIME => b.loop_cpu_s = value,
+        LOOP_DELAY_TIME => b.loop_delay_s = value,
         GC_PAUSE_TIME => b.gc_pause_s = value,
         GC_CPU_TIME => b.gc_thread_cpu_s = value,
         CPU_CAPACITY_TIME => b.capacity_core_s = value,
@@ -402,6 +412,8 @@ mod tests {
             loop_queued_s: 0.5,
             send_queue_s: 0.2,
             inbound_conn_s: 90.0,
+            loop_cpu_s: 4.0,
+            loop_delay_s: 0.5,
             gc_thread_cpu_s: 0.2,
             capacity_core_s: 20.0,
             throttled_s: 0.3,

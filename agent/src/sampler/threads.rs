@@ -55,6 +55,8 @@ struct Thread {
     /// The last syscall sample and the CPU time at which it was taken: a thread that has not
     /// run since cannot be in another state, so its sample is reused without a read.
     state: Option<(u64, Option<Blocked>)>,
+    /// Seen waiting in epoll/select: an event-loop thread, which reads the connections itself.
+    event_loop: bool,
 }
 
 /// Counters summed over the process's threads since the table was created.
@@ -63,6 +65,9 @@ pub struct ThreadTotals {
     pub app_cpu_ns: u64,
     pub gc_cpu_ns: u64,
     pub app_delay_ns: u64,
+    /// CPU and run-queue delay of event-loop threads (a subset of the application's).
+    pub loop_cpu_ns: u64,
+    pub loop_delay_ns: u64,
     /// The thread with the most CPU + run-queue time, and that time.
     pub busiest: Option<(String, u64)>,
     pub live_threads: usize,
@@ -230,6 +235,7 @@ impl ThreadTable {
                     base,
                     last: base,
                     state: None,
+                    event_loop: false,
                 },
             );
         }
@@ -258,9 +264,13 @@ impl ThreadTable {
                 if t.gc {
                     self.exited.gc_cpu_ns += cpu;
                 } else {
+                    let delay = t.last.run_delay_ns.saturating_sub(t.base.run_delay_ns);
                     self.exited.app_cpu_ns += cpu;
-                    self.exited.app_delay_ns +=
-                        t.last.run_delay_ns.saturating_sub(t.base.run_delay_ns);
+                    self.exited.app_delay_ns += delay;
+                    if t.event_loop {
+                        self.exited.loop_cpu_ns += cpu;
+                        self.exited.loop_delay_ns += delay;
+                    }
                 }
             }
         }
@@ -273,6 +283,10 @@ impl ThreadTable {
             } else {
                 totals.app_cpu_ns += cpu;
                 totals.app_delay_ns += delay;
+                if t.event_loop {
+                    totals.loop_cpu_ns += cpu;
+                    totals.loop_delay_ns += delay;
+                }
             }
             // The busiest thread stands for a saturated event loop or lone worker; runtime
             // threads (GC, a JIT compiler busy during warm-up) would only mislead.
@@ -334,6 +348,9 @@ impl ThreadTable {
                 Ok(n) if n > 0 => match parse_syscall(&self.buf[..n]) {
                     Ok(s) => {
                         let state = classify(s);
+                        if state == Some(Blocked::Epoll) {
+                            t.event_loop = true;
+                        }
                         if let Some(ns) = ran_ns {
                             t.state = Some((ns, state));
                         }
