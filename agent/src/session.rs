@@ -118,6 +118,9 @@ pub struct Session {
     pub errors: ErrorCounts,
     pub progress: Progress,
     notes: Vec<String>,
+    /// Variance of `request_s` from sampling idle connections, and the last sampling rate.
+    in_flight_var: f64,
+    idle_sampling: Option<(usize, f64)>,
 }
 
 fn note(notes: &mut Vec<String>, text: String) {
@@ -224,6 +227,8 @@ impl Session {
             errors: ErrorCounts::new(),
             progress: Progress::default(),
             notes,
+            in_flight_var: 0.0,
+            idle_sampling: None,
         })
     }
 
@@ -303,6 +308,11 @@ impl Session {
                     "socket round"
                 );
                 self.budget.request_s += round.in_flight * dt;
+                self.in_flight_var += round.in_flight_var * dt * dt;
+                let (idle, p) = sockets.idle_sampled;
+                if p < 1.0 {
+                    self.idle_sampling = Some((idle, p));
+                }
                 // Connections that open and close between two rounds are never seen; when they
                 // churn and every listener in the namespace is the service's, the kernel's
                 // count of accepted connections is a floor on new requests.
@@ -317,8 +327,13 @@ impl Session {
                 self.budget.ambiguous_samples += round.unresolved;
                 for &(inode, v) in &round.queued {
                     self.budget.queued_s += v * dt;
+                    // Not a thread-per-connection process: an event loop (seen in epoll, or too
+                    // busy ever to be seen there) reads this socket.
                     let owner = self.inode_owner.get(&inode).map(|&(pid, _)| pid);
-                    if owner.is_some_and(|pid| self.threads_known.event_loop_pids.contains(&pid)) {
+                    if owner.is_some_and(|pid| {
+                        self.threads_known.event_loop_pids.contains(&pid)
+                            || !self.threads_known.reader_pids.contains(&pid)
+                    }) {
                         self.budget.loop_queued_s += v * dt;
                     }
                 }
@@ -587,6 +602,20 @@ impl Session {
                 "thread states unreadable (/proc/PID/task/TID/syscall needs CAP_SYS_PTRACE, or the same uid with kernel.yama.ptrace_scope=0): ties within a kernel tick counted half, lock waits not corroborated".to_string(),
             );
         }
+        if let Some((idle, p)) = self.idle_sampling {
+            let sd = if b.window_s > 0.0 {
+                self.in_flight_var.sqrt() / b.window_s
+            } else {
+                0.0
+            };
+            note(
+                &mut self.notes,
+                format!(
+                    "{idle} idle connections: about 1 in {:.0} looked up per round, each standing for the rest (unbiased estimate; in flight ±{sd:.2} at one standard error); request counts stay exact",
+                    (1.0 / p).round()
+                ),
+            );
+        }
         b.notes = self.notes.clone();
         b
     }
@@ -631,6 +660,8 @@ struct ThreadKnowledge {
     /// Processes seen with a thread waiting in epoll/select at any full sample: idle connections
     /// need no reader there.
     event_loop_pids: HashSet<u32>,
+    /// Processes seen with a thread blocked reading one of their sockets (sticky).
+    reader_pids: HashSet<u32>,
 }
 
 /// Thread states sampled at most once per round, on the first tie that needs them.
@@ -685,6 +716,7 @@ impl Oracle<'_> {
                     self.reading.insert((t.pid, fd));
                     if let Some(&inode) = t.fds.get(&fd) {
                         self.memory.readers.insert(inode, (t.pid, tid));
+                        self.memory.reader_pids.insert(t.pid);
                     }
                 }
             }
@@ -728,7 +760,12 @@ impl ThreadOracle for Oracle<'_> {
             Reader::Unknown
         } else if self.reading.contains(&(pid, fd)) {
             Reader::Blocked
-        } else if self.memory.event_loop_pids.contains(&pid) {
+        } else if self.memory.event_loop_pids.contains(&pid)
+            || !self.memory.reader_pids.contains(&pid)
+        {
+            // "No thread reads it" proves a request in flight only in a process whose threads
+            // are known to block reading their connections (thread per connection). A busy event
+            // loop may never be caught in epoll, and never blocks on one socket.
             Reader::Unknown
         } else {
             Reader::Unread

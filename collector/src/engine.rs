@@ -184,7 +184,9 @@ pub fn diagnose(service: &str, pids: &[u32], b: &Budget, t: &Thresholds) -> Diag
     // loop's own run-queue delay, which already stands for one of those requests). Where the
     // loop only dispatches to a pool of workers (JDK HttpServer, Netty with a business pool), or
     // in a thread-per-connection server, they wait for a free worker: in-process waiting.
-    let queued_is_cpu = b.loop_queued_s > 0.0 && b.loop_cpu_s >= t.loop_cpu_share * b.cpu_s;
+    // A loop saturated to the point of never being caught waiting in epoll is the busiest thread.
+    let queued_is_cpu = b.loop_queued_s > 0.0
+        && (b.loop_cpu_s >= t.loop_cpu_share * b.cpu_s || busiest >= t.hot_thread);
     let cpu_wait_s = b.cpu_wait_s
         + if queued_is_cpu {
             (b.loop_queued_s - b.loop_delay_s).max(0.0)

@@ -175,11 +175,16 @@ pub fn decide(
     is(0.0, How::Unresolved)
 }
 
-/// What is known for sure, for the shape learner, from a decision.
-fn known(d: &Decision) -> Known {
-    match (d.how, d.value > 0.5) {
-        (How::Queued | How::Threads | How::FirstRequest, true) => Known::Outstanding,
-        (How::Threads, false) => Known::Idle,
+/// What is known for sure, for the shape learner, from a decision: only what the kernel says
+/// outright (unread request bytes, a first request) and a thread seen blocked reading the socket.
+/// An inference ("no thread reads it") is not strong enough to drop a candidate shape.
+fn known(d: &Decision, inbound: bool) -> Known {
+    match (d.how, d.value > 0.5, inbound) {
+        (How::Queued | How::FirstRequest, true, _) => Known::Outstanding,
+        // A thread blocked reading: inbound, it waits for the next request; outbound, for the
+        // response to ours.
+        (How::Threads, false, true) => Known::Idle,
+        (How::Threads, true, false) => Known::Outstanding,
         _ => Known::Nothing,
     }
 }
@@ -248,12 +253,23 @@ pub struct Round {
     pub queued: Vec<(u64, f64)>,
     /// Inbound requests whose response was written but not yet all sent or acknowledged.
     pub send_queue: f64,
-    /// Inbound requests decided by each means, for the evidence: (shape, threads, ordered).
+    /// Inbound requests decided by the learnt exchange shape.
     pub by_shape: u64,
+    /// Variance of `in_flight` from sampling idle connections (Horvitz-Thompson).
+    pub in_flight_var: f64,
     pub inbound_conns: usize,
     pub outbound_conns: usize,
     /// Whether this round walked the whole socket table.
     pub full_dump: bool,
+}
+
+/// A number in [0, 1) from a connection and a round: a fresh, reproducible coin per round.
+fn unit_hash(key: &(SocketAddr, SocketAddr), round: u64) -> f64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    round.hash(&mut h);
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// Finds the service's connections with a full dump (a walk of the kernel's whole TCP hash table,
@@ -278,6 +294,14 @@ pub struct SocketSampler {
     pub foreign_listeners: bool,
     fill_inbound: Fill,
     fill_outbound: Fill,
+    /// Idle connections looked up per round at most; the rest are sampled (see
+    /// [`SocketSampler::choose_lookups`]).
+    pub idle_lookups: usize,
+    weights: HashMap<(SocketAddr, SocketAddr), f64>,
+    /// Inbound and outbound connections skipped in this round.
+    skipped: (usize, usize),
+    /// Idle connections and the probability each was looked up with, in the last round.
+    pub idle_sampled: (usize, f64),
 }
 
 impl SocketSampler {
@@ -296,7 +320,52 @@ impl SocketSampler {
             foreign_listeners: false,
             fill_inbound: Fill::default(),
             fill_outbound: Fill::default(),
+            idle_lookups: 256,
+            weights: HashMap::new(),
+            skipped: (0, 0),
+            idle_sampled: (0, 1.0),
         })
+    }
+
+    /// Chooses the connections to look up this round. Every connection whose last state was
+    /// not a known idle one is looked up; known-idle ones (keep-alive connections waiting for
+    /// their next request, idle pool connections) are looked up with probability
+    /// `p = idle_lookups / idle`, and each one looked up stands for `1/p` of them: the estimate of
+    /// requests in flight stays unbiased (Horvitz-Thompson), its variance is reported, and the
+    /// cost follows activity rather than the number of connections. Request counts stay exact:
+    /// they come from cumulative segment counters, read whenever a connection is visited.
+    fn choose_lookups(&mut self) {
+        let next = self.round + 1;
+        let idle = self
+            .conns
+            .values()
+            .filter(|c| c.decision.resolved() && c.decision.value == 0.0)
+            .count();
+        let p = if idle > self.idle_lookups {
+            self.idle_lookups as f64 / idle as f64
+        } else {
+            1.0
+        };
+        self.idle_sampled = (idle, p);
+        self.known.clear();
+        self.weights.clear();
+        self.skipped = (0, 0);
+        for (key, c) in self.conns.iter_mut() {
+            let is_idle = c.decision.resolved() && c.decision.value == 0.0;
+            if is_idle && p < 1.0 {
+                if unit_hash(key, next) >= p {
+                    c.round = next; // skipped this round, still open
+                    if c.inbound {
+                        self.skipped.0 += 1;
+                    } else {
+                        self.skipped.1 += 1;
+                    }
+                    continue;
+                }
+                self.weights.insert(*key, 1.0 / p);
+            }
+            self.known.push(c.sock.clone());
+        }
     }
 
     /// One round. `owned(inode)` says whether a socket belongs to the service's processes;
@@ -321,9 +390,7 @@ impl SocketSampler {
                 }
             }
         } else {
-            self.known.clear();
-            self.known
-                .extend(self.conns.values().map(|c| c.sock.clone()));
+            self.choose_lookups();
             self.diag.lookup(&self.known, &mut self.found)?;
             self.socks.clear();
             self.socks.extend(self.found.iter().flatten().cloned());
@@ -335,8 +402,8 @@ impl SocketSampler {
             ..Round::default()
         };
         let mut awaiting: HashMap<SocketAddr, f64> = HashMap::new();
-        let mut unresolved_inbound = 0u64;
-        let mut unresolved_outbound: HashMap<SocketAddr, u64> = HashMap::new();
+        let mut unresolved_inbound = 0.0f64;
+        let mut unresolved_outbound: HashMap<SocketAddr, f64> = HashMap::new();
         for s in &self.socks {
             if s.state == TCP_LISTEN {
                 continue;
@@ -354,6 +421,12 @@ impl SocketSampler {
                 continue;
             }
             let key = (s.local, s.remote);
+            // Idle connections looked up with probability p stand for 1/p of their kind.
+            let weight = if full {
+                1.0
+            } else {
+                self.weights.get(&key).copied().unwrap_or(1.0)
+            };
             let known_conn = self.conns.get(&key).filter(|c| c.inbound == inbound);
             let prev = known_conn.map(|c| (&c.info, c.decision));
             let mut shape = known_conn.map(|c| c.shape).unwrap_or_default();
@@ -371,7 +444,7 @@ impl SocketSampler {
                 oracle,
                 shape.predict(asked, answered),
             );
-            shape.observe(asked, answered, known(&d));
+            shape.observe(asked, answered, known(&d, inbound));
             let tie = last_data(&info) == LastData::Tie;
             tracing::trace!(inbound, how = ?d.how, value = d.value, asked, answered, "decision");
             out.samples += 1;
@@ -379,13 +452,17 @@ impl SocketSampler {
                 self.fill_inbound.learn(&d, tie);
                 out.inbound_conns += 1;
                 match d.how {
-                    How::Unresolved => unresolved_inbound += 1,
-                    How::Queued => out.queued.push((s.inode, d.value)),
-                    How::SendQueue => out.send_queue += d.value,
+                    How::Unresolved => {
+                        unresolved_inbound += weight;
+                        out.unresolved += 1;
+                    }
+                    How::Queued => out.queued.push((s.inode, d.value * weight)),
+                    How::SendQueue => out.send_queue += d.value * weight,
                     How::Shape => out.by_shape += 1,
                     _ => {}
                 }
-                out.in_flight += d.value;
+                out.in_flight += d.value * weight;
+                out.in_flight_var += (weight - 1.0) * weight * d.value * d.value;
                 out.new_requests += match self.conns.get(&key) {
                     Some(c) => info.data_segs_in.saturating_sub(c.info.data_segs_in) as f64,
                     // A connection first seen after the first round was opened inside the window.
@@ -396,9 +473,10 @@ impl SocketSampler {
                 self.fill_outbound.learn(&d, tie);
                 out.outbound_conns += 1;
                 if d.resolved() {
-                    *awaiting.entry(s.remote).or_default() += d.value;
+                    *awaiting.entry(s.remote).or_default() += d.value * weight;
                 } else {
-                    *unresolved_outbound.entry(s.remote).or_default() += 1;
+                    *unresolved_outbound.entry(s.remote).or_default() += weight;
+                    out.unresolved += 1;
                 }
             }
             self.conns.insert(
@@ -414,12 +492,15 @@ impl SocketSampler {
             );
         }
         // Unresolved samples take the in-flight rate of this service's resolved ones.
-        out.unresolved = unresolved_inbound;
-        out.in_flight += unresolved_inbound as f64 * self.fill_inbound.estimate().unwrap_or(0.0);
+        out.in_flight += unresolved_inbound * self.fill_inbound.estimate().unwrap_or(0.0);
         let outbound_rate = self.fill_outbound.estimate().unwrap_or(0.0);
         for (endpoint, n) in unresolved_outbound {
-            out.unresolved += n;
-            *awaiting.entry(endpoint).or_default() += n as f64 * outbound_rate;
+            *awaiting.entry(endpoint).or_default() += n * outbound_rate;
+        }
+        // Connections skipped this round are still open (`choose_lookups` kept them).
+        if !full {
+            out.inbound_conns += self.skipped.0;
+            out.outbound_conns += self.skipped.1;
         }
         let round = self.round;
         let mut closed = 0;
