@@ -3,7 +3,12 @@
 //! (`wait4` rusage of the agent process), not by the agent.
 //!
 //! Run: `cargo bench -p scalewise-agent --bench overhead` (after `cargo build --release`).
-//! Env: `OVERHEAD_SECONDS` (default 30), `OVERHEAD_THREADS` (500), `OVERHEAD_CONNS` (200).
+//! Env: `OVERHEAD_SECONDS` (default 30), `OVERHEAD_THREADS` (500), `OVERHEAD_CONNS` (200),
+//! `OVERHEAD_THINK_MS` (client pause between requests, 200), `OVERHEAD_ACTIVE` (connections that
+//! use that pause; the others are idle keep-alive connections sending a request every
+//! `OVERHEAD_IDLE_MS`, default 10000; default: all active). With many connections the service
+//! serves them from `OVERHEAD_THREADS` threads polling their sockets, as event loops do, so the
+//! thread count stays what it says.
 //!
 //! The same executable plays three roles, chosen by `SW_BENCH_ROLE`: the bench itself, the
 //! watched service (thread per connection plus idle pool threads) and its client (a separate
@@ -21,12 +26,16 @@ fn env_u(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// The watched service: `conns` connection threads answering after 2 ms, the rest idle on a condvar.
+/// The watched service: `threads` threads; each connection answers after 2 ms. Up to
+/// `threads / 2` connections get a thread each (thread per connection); beyond that, connections
+/// are spread over `threads / 2` poller threads (nonblocking sockets, `poll`), like event loops.
 fn service(threads: u64, conns: u64) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     println!("{}", listener.local_addr().expect("addr").port());
     let _ = std::io::stdout().flush();
-    let idle = threads.saturating_sub(conns + 1);
+    let per_conn = conns <= threads / 2;
+    let pollers = if per_conn { 0 } else { (threads / 2).max(1) };
+    let idle = threads.saturating_sub(if per_conn { conns } else { pollers } + 1);
     let pair = std::sync::Arc::new((std::sync::Mutex::new(()), std::sync::Condvar::new()));
     for _ in 0..idle {
         let pair = pair.clone();
@@ -38,8 +47,19 @@ fn service(threads: u64, conns: u64) {
             }
         });
     }
-    for stream in listener.incoming() {
+    let mut queues = Vec::new();
+    for _ in 0..pollers {
+        let (tx, rx) = std::sync::mpsc::channel::<TcpStream>();
+        queues.push(tx);
+        std::thread::spawn(move || poller(rx));
+    }
+    for (i, stream) in listener.incoming().enumerate() {
         let Ok(mut s) = stream else { continue };
+        if !per_conn {
+            let _ = s.set_nonblocking(true);
+            let _ = queues[i % queues.len()].send(s);
+            continue;
+        }
         std::thread::spawn(move || {
             let mut buf = [0u8; 64];
             while let Ok(n) = s.read(&mut buf) {
@@ -55,22 +75,72 @@ fn service(threads: u64, conns: u64) {
     }
 }
 
-/// The client: `conns` connections, each sending a request every ~200 ms.
-fn client(port: u16, conns: u64) {
-    let mut handles = Vec::new();
-    for _ in 0..conns {
-        handles.push(std::thread::spawn(move || {
-            let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-                return;
-            };
-            let mut buf = [0u8; 4];
-            loop {
-                if s.write_all(b"ping").is_err() || s.read_exact(&mut buf).is_err() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(200));
-            }
+/// Serves many nonblocking connections from one thread with `poll`.
+fn poller(rx: std::sync::mpsc::Receiver<TcpStream>) {
+    use std::os::fd::AsRawFd;
+    let mut socks: Vec<TcpStream> = Vec::new();
+    let mut fds: Vec<libc::pollfd> = Vec::new();
+    let mut buf = [0u8; 64];
+    loop {
+        while let Ok(s) = rx.try_recv() {
+            socks.push(s);
+        }
+        fds.clear();
+        fds.extend(socks.iter().map(|s| libc::pollfd {
+            fd: s.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
         }));
+        // SAFETY: fds is a valid array of pollfd for the duration of the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 50) };
+        if n <= 0 {
+            continue;
+        }
+        let mut closed = Vec::new();
+        for (i, p) in fds.iter().enumerate() {
+            if p.revents == 0 {
+                continue;
+            }
+            match socks[i].read(&mut buf) {
+                Ok(0) => closed.push(i),
+                Ok(_) => {
+                    std::thread::sleep(Duration::from_millis(2));
+                    let _ = socks[i].write_all(b"pong");
+                }
+                Err(_) => {}
+            }
+        }
+        for i in closed.into_iter().rev() {
+            socks.swap_remove(i);
+        }
+    }
+}
+
+/// The client: `conns` connections; the first `active` pause `think_ms` between requests, the
+/// others `idle_ms` (keep-alive connections that are mostly idle).
+fn client(port: u16, conns: u64, active: u64, think_ms: u64, idle_ms: u64) {
+    let mut handles = Vec::new();
+    for i in 0..conns {
+        let pause = if i < active { think_ms } else { idle_ms };
+        handles.push(
+            std::thread::Builder::new()
+                .stack_size(64 * 1024)
+                .spawn(move || {
+                    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+                        return;
+                    };
+                    // Spread the idle ones' requests over their period.
+                    std::thread::sleep(Duration::from_millis(i * 7919 % pause.max(1)));
+                    let mut buf = [0u8; 4];
+                    loop {
+                        if s.write_all(b"ping").is_err() || s.read_exact(&mut buf).is_err() {
+                            return;
+                        }
+                        std::thread::sleep(Duration::from_millis(pause));
+                    }
+                })
+                .expect("client thread"),
+        );
     }
     for h in handles {
         let _ = h.join();
@@ -84,7 +154,14 @@ fn main() {
         Ok("service") => return service(threads, conns),
         Ok("client") => {
             let port = env_u("SW_BENCH_PORT", 0) as u16;
-            return client(port, conns);
+            let active = env_u("OVERHEAD_ACTIVE", conns).min(conns);
+            return client(
+                port,
+                conns,
+                active,
+                env_u("OVERHEAD_THINK_MS", 200),
+                env_u("OVERHEAD_IDLE_MS", 10_000),
+            );
         }
         _ => {}
     }
@@ -123,7 +200,7 @@ fn main() {
         .env("SW_BENCH_PORT", port.to_string())
         .spawn()
         .expect("spawn client");
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(Duration::from_secs(2 + conns / 2000));
     let n_threads = std::fs::read_dir(format!("/proc/{}/task", svc.id()))
         .map(|d| d.count())
         .unwrap_or(0);
@@ -166,10 +243,14 @@ fn main() {
     if let Some(mut out) = child.stdout {
         let _ = out.read_to_string(&mut json);
     }
-    let inbound = json.contains("\"source\": \"sockets\"");
+    let report: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
+    let d = &report["services"][0];
     println!(
-        "overhead: service threads {n_threads}, connections {conns}, window {wall:.1}s: agent CPU {cpu:.3}s = {:.2}% of one core, peak RSS {:.1} MiB (request signal seen: {inbound})",
+        "overhead: service threads {n_threads}, connections {conns} ({} active), window {wall:.1}s: agent CPU {cpu:.3}s = {:.2}% of one core, peak RSS {:.1} MiB; service: {} req/s, {} in flight",
+        env_u("OVERHEAD_ACTIVE", conns).min(conns),
         cpu / wall * 100.0,
-        ru.ru_maxrss as f64 / 1024.0
+        ru.ru_maxrss as f64 / 1024.0,
+        d["requests"]["rate_per_s"],
+        d["requests"]["mean_in_flight"]
     );
 }

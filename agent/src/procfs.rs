@@ -177,6 +177,34 @@ pub fn parse_socket_link(target: &[u8]) -> Option<u64> {
     std::str::from_utf8(inner).ok()?.parse().ok()
 }
 
+/// The interest list of an epoll instance, from `/proc/PID/fdinfo/EPFD`: `(fd, events)` per
+/// line `tfd: <fd> events: <hex mask> ...`. Malformed lines are skipped.
+pub fn parse_epoll_fdinfo(buf: &[u8], out: &mut Vec<(i32, u32)>) {
+    out.clear();
+    for line in buf.split(|&b| b == b'\n') {
+        let Some(rest) = line.strip_prefix(b"tfd:") else {
+            continue;
+        };
+        let Ok(text) = std::str::from_utf8(rest) else {
+            continue;
+        };
+        let mut words = text.split_ascii_whitespace();
+        let fd = words.next().and_then(|w| w.parse::<i32>().ok());
+        let events = match (words.next(), words.next()) {
+            (Some("events:"), Some(mask)) => u32::from_str_radix(mask, 16).ok(),
+            _ => None,
+        };
+        if let (Some(fd), Some(events)) = (fd, events) {
+            out.push((fd, events));
+        }
+    }
+}
+
+/// Whether an fd link is an epoll instance.
+pub fn is_epoll_link(target: &[u8]) -> bool {
+    target == b"anon_inode:[eventpoll]"
+}
+
 /// `PassiveOpens` from `/proc/PID/net/snmp` (the process's network namespace): connections
 /// accepted since boot, counted by the kernel whether or not anyone sampled them.
 pub fn parse_tcp_passive_opens(buf: &[u8]) -> Option<u64> {

@@ -147,3 +147,18 @@ proptest! {
         prop_assert_eq!(s.comm, String::from_utf8_lossy(&comm).into_owned());
     }
 }
+
+#[test]
+fn epoll_interest_lists() {
+    let text = b"pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t1057\n\
+tfd:       27 events:       19 data: 1b  pos:0 ino:4f3a sdev:8\n\
+tfd:        5 events: 80002019 data: 5  pos:0 ino:61af sdev:7\n\
+tfd: garbage events: zz\ntfd:\n";
+    let mut out = Vec::new();
+    parse_epoll_fdinfo(text, &mut out);
+    assert_eq!(out, vec![(27, 0x19), (5, 0x8000_2019)]);
+    parse_epoll_fdinfo(b"", &mut out);
+    assert!(out.is_empty());
+    assert!(is_epoll_link(b"anon_inode:[eventpoll]"));
+    assert!(!is_epoll_link(b"socket:[12]"));
+}

@@ -16,7 +16,7 @@ use thiserror::Error;
 use crate::cgroup::{host_cores, CpuLimits};
 use crate::deps::{DependencyNames, DependencySpec};
 use crate::gc::{GcOptions, GcSemantics, GcSource};
-use crate::procfs::{parse_socket_link, parse_stat};
+use crate::procfs::{is_epoll_link, parse_epoll_fdinfo, parse_socket_link, parse_stat};
 use crate::sampler::sockets::{Reader, SocketSampler, ThreadOracle};
 use crate::sampler::threads::{read_pollfds, Blocked, ThreadTable};
 
@@ -75,6 +75,9 @@ struct Target {
     base_ticks: Option<u64>,
     ticks: u64,
     fds: HashMap<i32, u64>,
+    /// The process's epoll instances (their interest lists say which connections an event loop
+    /// is waiting on).
+    epoll_fds: Vec<i32>,
     fds_denied: bool,
     gc: Option<Box<dyn GcSource>>,
     gc_last: Option<f64>,
@@ -180,6 +183,7 @@ impl Session {
                 base_ticks: None,
                 ticks: 0,
                 fds: HashMap::new(),
+                epoll_fds: Vec::new(),
                 fds_denied: false,
                 gc,
                 gc_last: None,
@@ -278,6 +282,8 @@ impl Session {
             futex_blocked: 0,
             scratch: Vec::new(),
             fds: Vec::new(),
+            interest: HashMap::new(),
+            proc_root: &self.cfg.proc_root,
         };
         let result = sockets.sample(&owned, &mut oracle, discover);
         // Lock-wait corroboration at its own pace, reusing a sample a tie already paid for.
@@ -425,7 +431,7 @@ impl Session {
                 continue;
             }
             if !t.fds_denied {
-                match scan_fds(&dir, &mut t.fds) {
+                match scan_fds(&dir, &mut t.fds, &mut t.epoll_fds) {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
                         t.fds_denied = true;
@@ -626,8 +632,13 @@ impl Session {
 }
 
 /// Maps the process's socket fds to inodes. Rebuilt whole each time: fd numbers are reused.
-fn scan_fds(proc_pid: &Path, out: &mut HashMap<i32, u64>) -> std::io::Result<()> {
+fn scan_fds(
+    proc_pid: &Path,
+    out: &mut HashMap<i32, u64>,
+    epolls: &mut Vec<i32>,
+) -> std::io::Result<()> {
     out.clear();
+    epolls.clear();
     let fd_dir = proc_pid.join("fd");
     for entry in std::fs::read_dir(&fd_dir)? {
         let Ok(entry) = entry else { continue };
@@ -641,8 +652,11 @@ fn scan_fds(proc_pid: &Path, out: &mut HashMap<i32, u64>) -> std::io::Result<()>
         let Ok(target) = std::fs::read_link(entry.path()) else {
             continue; // closed since readdir
         };
-        if let Some(inode) = parse_socket_link(target.as_os_str().as_encoded_bytes()) {
+        let link = target.as_os_str().as_encoded_bytes();
+        if let Some(inode) = parse_socket_link(link) {
             out.insert(fd, inode);
+        } else if is_epoll_link(link) {
+            epolls.push(fd);
         }
     }
     Ok(())
@@ -674,6 +688,10 @@ struct Oracle<'a> {
     futex_blocked: usize,
     scratch: Vec<(u32, Option<Blocked>)>,
     fds: Vec<i32>,
+    /// Per process, read at most once a round: fd -> epoll event mask over all its instances,
+    /// or `None` when it has none or they cannot be read.
+    interest: HashMap<u32, Option<(HashMap<i32, u32>, bool)>>,
+    proc_root: &'a Path,
 }
 
 impl Oracle<'_> {
@@ -723,6 +741,36 @@ impl Oracle<'_> {
         }
     }
 
+    /// The union of a process's epoll interest lists, read once a round.
+    /// The second value: whether the process registers its connections for reading at all.
+    fn interest(&mut self, pid: u32) -> Option<&(HashMap<i32, u32>, bool)> {
+        const EPOLLIN: u32 = 0x1;
+        if !self.interest.contains_key(&pid) {
+            let mut all: Option<(HashMap<i32, u32>, bool)> = None;
+            if let Some(t) = self.targets.iter().find(|t| t.pid == pid) {
+                let mut lines = Vec::new();
+                for &epfd in &t.epoll_fds {
+                    let path = self
+                        .proc_root
+                        .join(pid.to_string())
+                        .join("fdinfo")
+                        .join(epfd.to_string());
+                    let Ok(buf) = std::fs::read(path) else {
+                        continue;
+                    };
+                    parse_epoll_fdinfo(&buf, &mut lines);
+                    let (map, sockets) = all.get_or_insert_with(|| (HashMap::new(), false));
+                    for &(fd, events) in &lines {
+                        *map.entry(fd).or_default() |= events;
+                        *sockets |= events & EPOLLIN != 0 && t.fds.contains_key(&fd);
+                    }
+                }
+            }
+            self.interest.insert(pid, all);
+        }
+        self.interest.get(&pid).and_then(Option::as_ref)
+    }
+
     /// Settles an inbound tie from the one thread known to serve the connection, if any.
     fn ask_reader(&mut self, inode: u64, pid: u32, fd: i32) -> Option<Reader> {
         let &(rpid, tid) = self.memory.readers.get(&inode)?;
@@ -760,6 +808,24 @@ impl ThreadOracle for Oracle<'_> {
             Reader::Unknown
         } else if self.reading.contains(&(pid, fd)) {
             Reader::Blocked
+        } else if inbound && self.memory.event_loop_pids.contains(&pid) {
+            // An event loop registers the connections it waits on in epoll. A dispatcher that
+            // hands a request to a worker pool (JDK HttpServer, and any EPOLLONESHOT server)
+            // takes the connection out, or disarms it, until the response is written: a
+            // connection missing from a process that does register its connections is in flight.
+            // Loops that keep every connection armed (Node, Go, tokio, Netty) say nothing here.
+            const EPOLLIN: u32 = 0x1;
+            let Some(&inode_fd) = self.owner.get(&inode).map(|(_, fd)| fd) else {
+                return Reader::Unknown;
+            };
+            let Some((map, registers_connections)) = self.interest(pid) else {
+                return Reader::Unknown;
+            };
+            match map.get(&inode_fd) {
+                Some(events) if events & EPOLLIN != 0 => Reader::Unknown,
+                _ if *registers_connections => Reader::Unread,
+                _ => Reader::Unknown,
+            }
         } else if self.memory.event_loop_pids.contains(&pid)
             || !self.memory.reader_pids.contains(&pid)
         {

@@ -1,4 +1,4 @@
-//! /proc/PID/{stat,schedstat,syscall,status} and fd link targets: a thread names itself.
+//! /proc/PID/{stat,schedstat,syscall,status,fdinfo/EPFD} and fd link targets: a thread names itself.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use scalewise_agent::procfs::*;
@@ -10,4 +10,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = parse_status(data);
     let _ = parse_socket_link(data);
     let _ = parse_tcp_passive_opens(data);
+    let mut interest = Vec::new();
+    parse_epoll_fdinfo(data, &mut interest);
+    let _ = is_epoll_link(data);
 });
