@@ -727,6 +727,10 @@ impl Oracle<'_> {
                     Some(Blocked::Epoll) => {
                         self.memory.event_loop_pids.insert(t.pid);
                     }
+                    // poll() on many descriptors is an event loop too.
+                    Some(Blocked::Polling { nfds, .. }) if nfds > 2 => {
+                        self.memory.event_loop_pids.insert(t.pid);
+                    }
                     _ => {}
                 }
                 Self::read_fds(t.pid, state, &mut self.fds);

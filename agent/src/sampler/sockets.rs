@@ -77,8 +77,11 @@ pub enum How {
     Carried,
     /// One side has spoken and the other never: a first request.
     FirstRequest,
-    /// A thread blocked on the socket, or none where one would be.
+    /// A thread blocked reading the socket.
     Threads,
+    /// No thread reading it in a thread-per-connection process: an inference, not carried to
+    /// later rounds.
+    NoReader,
     /// First sight of a connection quiet for a second or more.
     Quiet,
     /// Nothing could tell; the value is filled in from the resolved samples of the service.
@@ -147,7 +150,7 @@ pub fn decide(
             || p.bytes_received != info.bytes_received
             || p.data_segs_in != info.data_segs_in
             || p.data_segs_out != info.data_segs_out;
-        if !moved && d.resolved() {
+        if !moved && d.resolved() && d.how != How::NoReader {
             return is(d.value, How::Carried);
         }
     }
@@ -165,7 +168,7 @@ pub fn decide(
         match oracle.reader(sock.inode, inbound) {
             // A thread reading the socket waits for the peer.
             Reader::Blocked => return is(if inbound { 0.0 } else { 1.0 }, How::Threads),
-            Reader::Unread => return is(if inbound { 1.0 } else { 0.0 }, How::Threads),
+            Reader::Unread => return is(if inbound { 1.0 } else { 0.0 }, How::NoReader),
             Reader::Unknown => {}
         }
     }
