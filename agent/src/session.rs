@@ -800,6 +800,16 @@ impl ThreadOracle for Oracle<'_> {
         let Some(&(pid, fd)) = self.owner.get(&inode) else {
             return Reader::Unknown;
         };
+        // An event loop (known from an earlier sample) never blocks on one socket: its thread
+        // states cannot settle a tie, so they are not read for it (that is the agent's cost).
+        // Only its epoll interest lists can.
+        if self.memory.event_loop_pids.contains(&pid) {
+            return if inbound {
+                self.interest_reader(pid, fd)
+            } else {
+                Reader::Unknown
+            };
+        }
         if inbound && !self.sampled {
             if let Some(r) = self.ask_reader(inode, pid, fd) {
                 return r;
@@ -813,23 +823,7 @@ impl ThreadOracle for Oracle<'_> {
         } else if self.reading.contains(&(pid, fd)) {
             Reader::Blocked
         } else if inbound && self.memory.event_loop_pids.contains(&pid) {
-            // An event loop registers the connections it waits on in epoll. A dispatcher that
-            // hands a request to a worker pool (JDK HttpServer, and any EPOLLONESHOT server)
-            // takes the connection out, or disarms it, until the response is written: a
-            // connection missing from a process that does register its connections is in flight.
-            // Loops that keep every connection armed (Node, Go, tokio, Netty) say nothing here.
-            const EPOLLIN: u32 = 0x1;
-            let Some(&inode_fd) = self.owner.get(&inode).map(|(_, fd)| fd) else {
-                return Reader::Unknown;
-            };
-            let Some((map, registers_connections)) = self.interest(pid) else {
-                return Reader::Unknown;
-            };
-            match map.get(&inode_fd) {
-                Some(events) if events & EPOLLIN != 0 => Reader::Unknown,
-                _ if *registers_connections => Reader::Unread,
-                _ => Reader::Unknown,
-            }
+            self.interest_reader(pid, fd)
         } else if self.memory.event_loop_pids.contains(&pid)
             || !self.memory.reader_pids.contains(&pid)
         {
@@ -839,6 +833,25 @@ impl ThreadOracle for Oracle<'_> {
             Reader::Unknown
         } else {
             Reader::Unread
+        }
+    }
+}
+
+impl Oracle<'_> {
+    /// An event loop registers the connections it waits on in epoll. A dispatcher that hands a
+    /// request to a worker pool (JDK HttpServer, and any EPOLLONESHOT server) takes the
+    /// connection out, or disarms it, until the response is written: a connection missing from
+    /// a process that does register its connections is being served. Loops that keep every
+    /// connection armed (Node, Go, tokio, Netty) say nothing here.
+    fn interest_reader(&mut self, pid: u32, fd: i32) -> Reader {
+        const EPOLLIN: u32 = 0x1;
+        let Some((map, registers_connections)) = self.interest(pid) else {
+            return Reader::Unknown;
+        };
+        match map.get(&fd) {
+            Some(events) if events & EPOLLIN != 0 => Reader::Unknown,
+            _ if *registers_connections => Reader::Unread,
+            _ => Reader::Unknown,
         }
     }
 }
