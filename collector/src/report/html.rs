@@ -98,15 +98,19 @@ footer { margin-top: 30px; color: var(--muted); font-size: 12px; border-top: 1px
 
 fn cell_range(r: &Range, unit: &str) -> String {
     if r.low == r.high {
-        format!("{}{}", esc(&num(r.central)), if unit.is_empty() { String::new() } else { format!(" {unit}") })
+        format!(
+            "{}{}",
+            esc(&num(r.central)),
+            if unit.is_empty() {
+                String::new()
+            } else {
+                format!(" {unit}")
+            }
+        )
     } else {
         let full = range(r, unit);
         let (head, tail) = full.split_once(" (").unwrap_or((full.as_str(), ""));
-        format!(
-            "{}<span class=\"range\">({}</span>",
-            esc(head),
-            esc(tail)
-        )
+        format!("{}<span class=\"range\">({}</span>", esc(head), esc(tail))
     }
 }
 
@@ -120,7 +124,10 @@ fn bar(c: &Components, scale: f64) -> String {
             .collect::<Vec<_>>()
             .join(", "))
     );
-    let _ = write!(svg, "<rect x=\"0\" y=\"0\" width=\"{W}\" height=\"22\" fill=\"#eef1f4\"/>");
+    let _ = write!(
+        svg,
+        "<rect x=\"0\" y=\"0\" width=\"{W}\" height=\"22\" fill=\"#eef1f4\"/>"
+    );
     let mut x = 0.0;
     for (k, _, colour) in PARTS {
         let v = part(c, k);
@@ -190,10 +197,7 @@ pub fn render(r: &Report) -> String {
                 esc(&pct(m.utilisation))
             ),
         ),
-        (
-            "Instances",
-            format!("{} measured", esc(&num(m.instances))),
-        ),
+        ("Instances", format!("{} measured", esc(&num(m.instances)))),
         (
             "Memory per instance",
             m.memory_mib
@@ -219,7 +223,9 @@ pub fn render(r: &Report) -> String {
     );
 
     if !r.options.is_empty() {
-        o.push_str("<section id=\"bars\"><h2>Where a request's time would go</h2><div class=\"legend\">");
+        o.push_str(
+            "<section id=\"bars\"><h2>Where a request's time would go</h2><div class=\"legend\">",
+        );
         for (_, label, colour) in PARTS {
             let _ = write!(o, "<span style=\"--c:{colour}\">{label}</span>");
         }
@@ -314,7 +320,10 @@ mod tests {
 
     #[test]
     fn escapes_what_html_needs() {
-        assert_eq!(esc("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
+        assert_eq!(
+            esc("<a href=\"x\">&'"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
     }
 
     #[test]
@@ -327,8 +336,14 @@ mod tests {
             local_wait: 0.0,
         };
         let svg = bar(&c, 4.0);
-        assert!(svg.contains("class=\"cpu\" x=\"0.00\" y=\"0\" width=\"150.00\""), "{svg}");
-        assert!(svg.contains("class=\"downstream\" x=\"150.00\" y=\"0\" width=\"450.00\""), "{svg}");
+        assert!(
+            svg.contains("class=\"cpu\" x=\"0.00\" y=\"0\" width=\"150.00\""),
+            "{svg}"
+        );
+        assert!(
+            svg.contains("class=\"downstream\" x=\"150.00\" y=\"0\" width=\"450.00\""),
+            "{svg}"
+        );
         assert!(!svg.contains("class=\"gc\""), "zero parts are not drawn");
     }
 }

@@ -11,7 +11,9 @@ fn cell(s: &str) -> String {
 }
 
 fn opt_range(r: &Option<super::Range>, unit: &str) -> String {
-    r.as_ref().map(|r| range(r, unit)).unwrap_or_else(|| "–".to_string())
+    r.as_ref()
+        .map(|r| range(r, unit))
+        .unwrap_or_else(|| "–".to_string())
 }
 
 pub fn render(r: &Report) -> String {

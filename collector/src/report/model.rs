@@ -219,7 +219,6 @@ struct Ctx {
     u_star: f64,
     rho_now: f64,
     pool: Option<u32>,
-    pool_material: bool,
     dep_factor: f64,
 }
 
@@ -269,46 +268,54 @@ impl Ctx {
             _ => m.downstream,
         };
         let pool_new = self.pool.map(|p| p * Self::pool_mult(a));
-        // Hold time of a pool slot before CPU queueing changes: bounds throughput per instance.
-        let hold0 = c_new + g_new + m.cpu_wait + d_new;
+        let cpu_now = cpu_wait_model(self.ci, self.lambda_i, self.s_ms);
+        let q_at = |deploy: f64| {
+            project_wait(
+                m.cpu_wait,
+                cpu_now,
+                cpu_wait_model(self.ci, self.lambda_plan / deploy, s_new),
+            )
+        };
+        // CPU first: throughput per instance at the target utilisation, and where it would run.
         let x_cpu = if s_new > 0.0 {
             self.u_star * self.ci * 1000.0 / s_new
         } else {
             f64::INFINITY
         };
-        let x_pool = match (pool_new, self.pool_material) {
-            (Some(p), true) if hold0 > 0.0 => {
-                let util_now = self.lambda_i * (m.total() - m.local_wait) / 1000.0
+        let needed_cpu = (self.lambda_plan / x_cpu - 1e-9).ceil().max(1.0);
+        let rho_ok = |deploy: f64| {
+            self.lambda_plan / deploy * s_new / 1000.0 / self.ci
+                <= self.rho_now.max(self.u_star) + 1e-9
+        };
+        let deploy_cpu = match a {
+            Action::ScaleOut => (self.n + 1.0).max(needed_cpu),
+            _ if rho_ok(self.n) => self.n,
+            _ => needed_cpu,
+        };
+        // Then the pool: a slot is held for the request's time outside the pool queue.
+        let hold = c_new + g_new + q_at(deploy_cpu) + d_new;
+        let x_pool = match pool_new {
+            Some(p) if hold > 0.0 => {
+                let util_now = self.lambda_i * (self.l - m.local_wait)
+                    / 1000.0
                     / self.pool.unwrap_or(1) as f64;
-                p as f64 * self.u_star.max(util_now.min(MAX_RHO)) * 1000.0 / hold0
+                p as f64 * self.u_star.max(util_now.min(MAX_RHO)) * 1000.0 / hold
             }
             _ => f64::INFINITY,
         };
         let throughput = x_cpu.min(x_pool);
         let needed = (self.lambda_plan / throughput - 1e-9).ceil().max(1.0);
-        let deploy = match a {
-            Action::ScaleOut => (self.n + 1.0).max(needed),
-            _ => {
-                let rho_at_n = self.lambda_plan / self.n * s_new / 1000.0 / self.ci;
-                let pool_ok = match (pool_new, self.pool_material) {
-                    (Some(p), true) => {
-                        self.lambda_plan / self.n * hold0 / 1000.0 < MAX_RHO * p as f64
-                    }
-                    _ => true,
-                };
-                if rho_at_n <= self.rho_now.max(self.u_star) + 1e-9 && pool_ok {
-                    self.n
-                } else {
-                    needed
-                }
-            }
+        let pool_ok = |deploy: f64| match pool_new {
+            Some(p) => self.lambda_plan / deploy * hold / 1000.0 < MAX_RHO * p as f64,
+            None => true,
+        };
+        let deploy = if pool_ok(deploy_cpu) {
+            deploy_cpu
+        } else {
+            deploy_cpu.max(needed)
         };
         let lambda_new = self.lambda_plan / deploy;
-        let q_new = project_wait(
-            m.cpu_wait,
-            cpu_wait_model(self.ci, self.lambda_i, self.s_ms),
-            cpu_wait_model(self.ci, lambda_new, s_new),
-        );
+        let q_new = q_at(deploy);
         let w_new = match (self.pool, pool_new) {
             (Some(p), Some(p_new)) => {
                 let hold_now = self.l - m.local_wait;
@@ -425,7 +432,9 @@ pub fn build(d: &Diagnosis, opts: &ReportOptions) -> Result<Report, ReportError>
     ] {
         if let Some(v) = v {
             if !(v.is_finite() && v >= 0.0) || (what == "instances" && v < 1.0) {
-                return Err(ReportError::Option(format!("{what} must be a positive number, got {v}")));
+                return Err(ReportError::Option(format!(
+                    "{what} must be a positive number, got {v}"
+                )));
             }
         }
     }
@@ -471,7 +480,11 @@ pub fn build(d: &Diagnosis, opts: &ReportOptions) -> Result<Report, ReportError>
     } else {
         (0.0, 0.0)
     };
-    let rho_now = if cap > 0.0 { (used / cap).min(1.0) } else { 0.0 };
+    let rho_now = if cap > 0.0 {
+        (used / cap).min(1.0)
+    } else {
+        0.0
+    };
     let lambda_i = lambda / n;
     let mem_i = d.memory_bytes.map(|b| b as f64 / MIB / n);
     let lambda_plan = opts.peak_rps.unwrap_or(lambda);
@@ -494,12 +507,14 @@ pub fn build(d: &Diagnosis, opts: &ReportOptions) -> Result<Report, ReportError>
 
     // Pool: only when there is in-process waiting worth explaining.
     let hold_now = l - m.local_wait;
-    let pool = if l > 0.0 && m.local_wait >= 0.02 * l {
+    // Pool: only when in-process waiting is a material share. Below that, the smallest pool that
+    // explains it sits on the steep part of Erlang C and would turn noise into big projections.
+    let pool = if l > 0.0 && m.local_wait >= 0.1 * l {
         infer_pool(lambda_i * hold_now / 1000.0, hold_now, m.local_wait)
     } else {
         None
     };
-    let pool_material = l > 0.0 && m.local_wait >= 0.1 * l && pool.is_some();
+    let pool_material = pool.is_some();
 
     let confidence = d.confidence.clamp(0.0, 1.0);
     let window = d.window_s.max(0.0);
@@ -595,7 +610,6 @@ pub fn build(d: &Diagnosis, opts: &ReportOptions) -> Result<Report, ReportError>
         u_star: opts.target_utilisation,
         rho_now,
         pool,
-        pool_material,
         dep_factor: opts.dependency_factor,
     };
 
@@ -688,7 +702,9 @@ pub fn build(d: &Diagnosis, opts: &ReportOptions) -> Result<Report, ReportError>
         "scale_out",
         "Scale out".to_string(),
         Action::ScaleOut,
-        vec!["more instances of the same code: less CPU and pool queueing per instance".to_string()],
+        vec![
+            "more instances of the same code: less CPU and pool queueing per instance".to_string(),
+        ],
         None,
     ));
     if let Some(p) = pool {
@@ -707,15 +723,14 @@ pub fn build(d: &Diagnosis, opts: &ReportOptions) -> Result<Report, ReportError>
         }
     }
     let gc_material = b.gc >= 0.05 || (used > 0.0 && gc_cores / used >= 0.1);
-    if let (GcKind::Tracing, Some(tf), true) = (current.gc.kind, &current.gc.tune_factor, gc_material)
+    if let (GcKind::Tracing, Some(tf), true) =
+        (current.gc.kind, &current.gc.tune_factor, gc_material)
     {
         actions.push((
             "tune_gc".to_string(),
             "tune_gc",
             "Tune the GC".to_string(),
-            Action::TuneGc {
-                factor: triple(tf),
-            },
+            Action::TuneGc { factor: triple(tf) },
             vec![format!(
                 "GC cost x{} ({}–{}) by doubling the heap target (GOGC / heap size): more memory",
                 num(tf.central),

@@ -118,7 +118,10 @@ impl Profile {
         {
             return Err(ReportError::Profile {
                 name: origin.to_string(),
-                why: format!("name {:?} must be lowercase letters, digits, - or _", p.name),
+                why: format!(
+                    "name {:?} must be lowercase letters, digits, - or _",
+                    p.name
+                ),
             });
         }
         check_range(&p.name, "cpu.web", &p.cpu.web, f64::MIN_POSITIVE)?;

@@ -48,7 +48,11 @@ pub fn wait_fractional(servers: f64, a: f64, service: f64) -> f64 {
     let w_hi = wait(hi as u32, a, service);
     if !w_lo.is_finite() {
         // Between a saturated and an unsaturated neighbour: not meaningful, call it saturated.
-        return if servers - lo > 0.5 { w_hi } else { f64::INFINITY };
+        return if servers - lo > 0.5 {
+            w_hi
+        } else {
+            f64::INFINITY
+        };
     }
     let t = servers - lo;
     w_lo * (1.0 - t) + w_hi * t
@@ -100,7 +104,11 @@ mod tests {
         // Two servers at A = 1: C = A^2 / (2 + A) ... = 1/3.
         assert!(close(erlang_c(2, 1.0), 1.0 / 3.0, 1e-12));
         // Textbook call-centre figure: 10 agents, 8 Erlangs -> 40.9% wait.
-        assert!(close(erlang_c(10, 8.0), 0.4092, 5e-4), "{}", erlang_c(10, 8.0));
+        assert!(
+            close(erlang_c(10, 8.0), 0.4092, 5e-4),
+            "{}",
+            erlang_c(10, 8.0)
+        );
         // Saturation and no load.
         assert_eq!(erlang_c(4, 4.0), 1.0);
         assert_eq!(erlang_c(4, 0.0), 0.0);
