@@ -58,7 +58,11 @@ code { font-family: "DejaVu Sans Mono", Menlo, Consolas, monospace; font-size: .
 .verdict { border-left: 6px solid var(--bad); background: var(--panel); padding: 14px 18px; border-radius: 4px; }
 .verdict.rewrite { border-color: var(--good); }
 .verdict.insufficient_data { border-color: var(--warn); }
-.verdict .label { margin: 0 0 4px; font-weight: 700; font-size: 20px; }
+.verdict .label { margin: 0 0 6px; font-weight: 700; font-size: 20px; }
+.verdict .label code { font-size: 14px; font-weight: 400; color: var(--muted); }
+.pill { display: inline-block; color: #fff; background: var(--bad); border-radius: 4px; padding: 1px 9px; margin-right: 6px; font-size: 16px; vertical-align: 2px; }
+.rewrite .pill { background: var(--good); }
+.insufficient_data .pill { background: var(--warn); }
 .verdict .text { margin: 0; font-size: 16px; }
 .facts { display: grid; grid-template-columns: repeat(4, 1fr); gap: 10px 18px; margin: 18px 0 0; }
 .facts div { background: var(--panel); border-radius: 4px; padding: 8px 12px; }
@@ -76,8 +80,8 @@ code { font-family: "DejaVu Sans Mono", Menlo, Consolas, monospace; font-size: .
 table.options { width: 100%; border-collapse: collapse; font-size: 14px; }
 table.options th { text-align: left; color: var(--muted); font-weight: 600; font-size: 12px; text-transform: uppercase;
   letter-spacing: .04em; border-bottom: 2px solid var(--rule); padding: 6px 8px; }
-table.options td { border-bottom: 1px solid var(--rule); padding: 7px 8px; vertical-align: top; }
-table.options td.num { white-space: nowrap; }
+table.options td { border-bottom: 1px solid var(--rule); padding: 7px 6px; vertical-align: top; }
+table.options td.num { min-width: 64px; }
 table.options tr.recommended td { background: #eef7f1; font-weight: 600; }
 .range { color: var(--muted); font-weight: 400; font-size: 12px; display: block; }
 .tag { display: inline-block; font-size: 11px; font-weight: 700; color: #fff; background: var(--good);
@@ -147,10 +151,22 @@ fn bar(c: &Components, scale: f64) -> String {
 
 pub fn render(r: &Report) -> String {
     let mut o = String::new();
-    let label = match r.recommendation.verdict.as_str() {
-        "rewrite" => "A rewrite pays",
+    let verdict = match r.recommendation.verdict.as_str() {
+        "rewrite" => "Rewrite",
         "insufficient_data" => "Not enough data",
         _ => "Do not rewrite",
+    };
+    let label = match r
+        .options
+        .iter()
+        .find(|o| o.option == r.recommendation.option)
+    {
+        Some(o) if o.kind != "current" => format!(
+            "<span class=\"pill\">{verdict}</span> Recommended: {} <code>{}</code>",
+            esc(&o.title),
+            esc(&o.option)
+        ),
+        _ => format!("<span class=\"pill\">{verdict}</span>"),
     };
     let _ = write!(
         o,

@@ -342,13 +342,19 @@ impl Ctx {
     }
 }
 
+/// The target's CPU over the current's, optimistic to pessimistic. The factors co-vary: a range's
+/// low end is work where languages differ little (syscalls, drivers, memcpy), its high end work
+/// where they differ most, so the ratio is taken at the same end for both, never crossed (a
+/// crossed Python -> Go ratio would make Go slower than Python).
 fn ratio_range(target: &Range, current: &Range) -> [f64; 3] {
-    // Optimistic: the target at its best, the current at its worst; and the reverse.
-    [
-        target.low / current.high,
+    let at = [
+        target.low / current.low,
         target.central / current.central,
-        target.high / current.low,
-    ]
+        target.high / current.high,
+    ];
+    let lo = at.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = at.iter().copied().fold(0.0, f64::max);
+    [lo, at[1], hi]
 }
 
 fn triple(r: &Range) -> [f64; 3] {
@@ -987,11 +993,21 @@ fn recommend(
         .max_by(|a, b| a.value.total_cmp(&b.value));
     let rewrite_clause = |r: &Projection| {
         format!(
-            "A {} would change mean latency by {} and need {} instance(s) instead of {}",
+            "A {} would change mean latency by {} and {}",
             r.title.replacen("Rewrite", "rewrite", 1),
             signed_pct(r.latency_change.central),
-            inst(&r.instances),
-            inst(&cur.instances)
+            if r.instances.central == cur.instances.central {
+                format!(
+                    "save no instance ({} needed either way)",
+                    inst(&cur.instances)
+                )
+            } else {
+                format!(
+                    "need {} instance(s) instead of {}",
+                    inst(&r.instances),
+                    inst(&cur.instances)
+                )
+            }
         )
     };
     let ceiling_clause = format!(
