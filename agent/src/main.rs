@@ -78,9 +78,10 @@ enum Cmd {
         /// Do not print progress on stderr.
         #[arg(long, short)]
         quiet: bool,
-        /// Also write the rewrite report here (format from the extension: .html, .md, .json).
-        #[arg(long, value_name = "FILE")]
-        report: Option<std::path::PathBuf>,
+        /// Also write the rewrite report here (format from the extension: .html, .md, .json);
+        /// repeat for several formats.
+        #[arg(long = "report", value_name = "FILE")]
+        reports: Vec<std::path::PathBuf>,
         #[command(flatten)]
         projection: scalewise_agent::report::ProjectionArgs,
     },
@@ -129,12 +130,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             expvar_url,
             sample_interval_ms,
             quiet,
-            report: report_file,
+            reports,
             projection,
         } => {
             let duration = seconds(duration)?;
-            if let Some(path) = &report_file {
-                // Refuse a bad report request before sampling, not after.
+            // Refuse a bad report request before sampling, not after.
+            for path in &reports {
                 scalewise_agent::report::format_of(path)?;
                 scalewise_agent::report::options(&projection)?;
             }
@@ -168,7 +169,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                 }
             }
-            if let Some(path) = report_file {
+            for path in reports {
                 for f in scalewise_agent::report::write_for(&report.services, &path, &projection)? {
                     if !quiet {
                         eprintln!("rewrite report written to {}", f.display());

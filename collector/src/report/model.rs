@@ -714,7 +714,10 @@ pub fn build(d: &Diagnosis, opts: &ReportOptions) -> Result<Report, ReportError>
         None,
     ));
     if let Some(p) = pool {
-        if b.local_wait >= 0.2 && rho_now < opts.target_utilisation {
+        // Only when in-process waiting dominates and CPU has room: more workers on a busy or
+        // starved CPU queue for the CPU instead (the pool model does not see that).
+        let dominates = b.local_wait >= (b.cpu + b.gc + b.cpu_wait).max(b.downstream);
+        if dominates && rho_now < opts.target_utilisation && b.cpu_wait < 0.1 {
             actions.push((
                 "grow_pool".to_string(),
                 "grow_pool",
