@@ -377,7 +377,7 @@ mod tests {
         )
         .expect("s");
         assert_eq!(parse_input("one.json", &one).expect("one").len(), 1);
-        let err = parse_input("x.json", "{\"nope\": 1}").err().expect("error");
+        let err = parse_input("x.json", "{\"nope\": 1}").expect_err("error");
         assert!(err.to_string().contains("x.json"), "{err}");
     }
 
@@ -450,7 +450,7 @@ mod tests {
             .expect("go");
         assert_eq!(go.cpu.web.central, 3.0);
         std::fs::write(dir.join("bad.toml"), "name = \"x\"\nnonsense = 1\n").expect("write");
-        let err = options(&p).err().expect("bad profile");
+        let err = options(&p).expect_err("bad profile");
         assert!(err.to_string().contains("bad.toml"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }

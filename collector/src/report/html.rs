@@ -230,9 +230,9 @@ pub fn render(r: &Report) -> String {
         let _ = write!(o, "<div><dt>{k}</dt><dd>{v}</dd></div>");
     }
     o.push_str("</dl>\n");
-    let _ = write!(
+    let _ = writeln!(
         o,
-        "<p class=\"ceiling\" id=\"ceiling\"><strong>Ceiling:</strong> even an infinitely fast rewrite saves at most {} of request time ({} ms of {} ms): on-CPU work, GC pauses and waiting for a CPU are all a rewrite can touch.</p>\n",
+        "<p class=\"ceiling\" id=\"ceiling\"><strong>Ceiling:</strong> even an infinitely fast rewrite saves at most {} of request time ({} ms of {} ms): on-CPU work, GC pauses and waiting for a CPU are all a rewrite can touch.</p>",
         esc(&pct(r.ceiling)),
         esc(&num(r.ceiling_ms)),
         esc(&num(m.latency_ms))

@@ -206,6 +206,16 @@ enum Action {
     },
 }
 
+/// An option to project: name, kind, title, what it does, its notes, its target profile.
+type Candidate<'a> = (
+    String,
+    &'static str,
+    String,
+    Action,
+    Vec<String>,
+    Option<&'a Profile>,
+);
+
 /// The measured state, per instance where it matters.
 struct Ctx {
     l: f64,
@@ -624,7 +634,7 @@ pub fn build(d: &Diagnosis, opts: &ReportOptions) -> Result<Report, ReportError>
         Workload::Web => p.cpu.web,
         Workload::Compute => p.cpu.compute,
     };
-    let mut actions: Vec<(String, &str, String, Action, Vec<String>, Option<&Profile>)> = vec![(
+    let mut actions: Vec<Candidate> = vec![(
         "current".to_string(),
         "current",
         format!("Current ({})", current.display),
