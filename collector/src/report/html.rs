@@ -95,6 +95,8 @@ footer { margin-top: 30px; color: var(--muted); font-size: 12px; border-top: 1px
   main { max-width: none; padding: 0; }
   h2 { break-after: avoid; }
   tr, .verdict, .facts div { break-inside: avoid; }
+  table.options { font-size: 9pt; }
+  .range { font-size: 8pt; }
   * { -webkit-print-color-adjust: exact; print-color-adjust: exact; }
   @page { margin: 14mm; }
 }

@@ -142,6 +142,60 @@ impl Format {
     }
 }
 
+impl ReportOptions {
+    /// Options and format from a query string's pairs, for the collector's
+    /// `GET /api/v1/services/{service}/report?format=html&target=rust&target=go&peak_rps=...`:
+    /// `format` (html, md, json; default html), `target` (repeated or comma-separated), `current`,
+    /// `peak_rps`, `instances`, `price_core_hour`, `price_gib_hour`, `target_utilisation`,
+    /// `workload` (web, compute). Unknown keys are refused, so a typo is not silently ignored.
+    pub fn from_query<'a>(
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<(ReportOptions, Format), ReportError> {
+        let mut o = ReportOptions::default();
+        let mut format = Format::Html;
+        let number = |k: &str, v: &str| {
+            v.parse::<f64>()
+                .ok()
+                .filter(|x| x.is_finite())
+                .ok_or_else(|| ReportError::Option(format!("{k}={v:?} is not a number")))
+        };
+        for (k, v) in pairs {
+            match k {
+                "format" => {
+                    format = Format::parse(v).ok_or_else(|| {
+                        ReportError::Option(format!("format={v:?}: use html, md or json"))
+                    })?
+                }
+                "target" => o.targets.extend(
+                    v.split(',')
+                        .map(|t| t.trim().to_ascii_lowercase())
+                        .filter(|t| !t.is_empty()),
+                ),
+                "current" => o.current = Some(v.trim().to_ascii_lowercase()),
+                "peak_rps" => o.peak_rps = Some(number(k, v)?),
+                "instances" => o.instances = Some(number(k, v)?),
+                "price_core_hour" => o.price_core_hour = Some(number(k, v)?),
+                "price_gib_hour" => o.price_gib_hour = Some(number(k, v)?),
+                "target_utilisation" => o.target_utilisation = number(k, v)?,
+                "workload" => {
+                    o.workload = match v {
+                        "web" => Workload::Web,
+                        "compute" => Workload::Compute,
+                        _ => {
+                            return Err(ReportError::Option(format!(
+                                "workload={v:?}: use web or compute"
+                            )))
+                        }
+                    }
+                }
+                "window" => {} // the collector's own parameter
+                _ => return Err(ReportError::Option(format!("unknown parameter {k:?}"))),
+            }
+        }
+        Ok((o, format))
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
     #[error("profile {name}: {why}")]
@@ -167,4 +221,33 @@ pub fn render_report(report: &Report, format: Format) -> Result<String, ReportEr
         Format::Md => markdown::render(report),
         Format::Html => html::render(report),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parameters_become_options() {
+        let (o, f) = ReportOptions::from_query([
+            ("format", "md"),
+            ("target", "rust,Go"),
+            ("target", "java"),
+            ("peak_rps", "5000"),
+            ("window", "5m"),
+        ])
+        .expect("query");
+        assert_eq!(f, Format::Md);
+        assert_eq!(o.targets, ["rust", "go", "java"]);
+        assert_eq!(o.peak_rps, Some(5000.0));
+        let (_, f) = ReportOptions::from_query([]).expect("empty");
+        assert_eq!(f, Format::Html);
+        for bad in [("format", "pdf"), ("peak_rps", "lots"), ("colour", "red")] {
+            let e = ReportOptions::from_query([bad]).expect_err("bad");
+            assert!(e.to_string().contains(bad.0), "{e}");
+        }
+        assert_eq!(Format::from_path("a/b.HTML"), Some(Format::Html));
+        assert_eq!(Format::from_path("r.markdown"), Some(Format::Md));
+        assert_eq!(Format::from_path("r.pdf"), None);
+    }
 }

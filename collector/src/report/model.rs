@@ -229,6 +229,10 @@ struct Ctx {
     u_star: f64,
     rho_now: f64,
     pool: Option<u32>,
+    /// The pool bounds throughput per instance only when in-process waiting is the largest part
+    /// of request time: the inferred pool is the smallest consistent one, so it always looks
+    /// nearly full, and only dominant waiting makes that believable.
+    pool_bound: bool,
     dep_factor: f64,
 }
 
@@ -305,7 +309,7 @@ impl Ctx {
         // Then the pool: a slot is held for the request's time outside the pool queue.
         let hold = c_new + g_new + q_at(deploy_cpu) + d_new;
         let x_pool = match pool_new {
-            Some(p) if hold > 0.0 => {
+            Some(p) if hold > 0.0 && self.pool_bound => {
                 let util_now = self.lambda_i * (self.l - m.local_wait)
                     / 1000.0
                     / self.pool.unwrap_or(1) as f64;
@@ -316,8 +320,10 @@ impl Ctx {
         let throughput = x_cpu.min(x_pool);
         let needed = (self.lambda_plan / throughput - 1e-9).ceil().max(1.0);
         let pool_ok = |deploy: f64| match pool_new {
-            Some(p) => self.lambda_plan / deploy * hold / 1000.0 < MAX_RHO * p as f64,
-            None => true,
+            Some(p) if self.pool_bound => {
+                self.lambda_plan / deploy * hold / 1000.0 < MAX_RHO * p as f64
+            }
+            _ => true,
         };
         let deploy = if pool_ok(deploy_cpu) {
             deploy_cpu
@@ -531,6 +537,7 @@ pub fn build(d: &Diagnosis, opts: &ReportOptions) -> Result<Report, ReportError>
         None
     };
     let pool_material = pool.is_some();
+    let waiting_dominates = b.local_wait >= (b.cpu + b.gc + b.cpu_wait).max(b.downstream);
 
     let confidence = d.confidence.clamp(0.0, 1.0);
     let window = d.window_s.max(0.0);
@@ -626,6 +633,7 @@ pub fn build(d: &Diagnosis, opts: &ReportOptions) -> Result<Report, ReportError>
         u_star: opts.target_utilisation,
         rho_now,
         pool,
+        pool_bound: pool_material && waiting_dominates,
         dep_factor: opts.dependency_factor,
     };
 
@@ -726,8 +734,7 @@ pub fn build(d: &Diagnosis, opts: &ReportOptions) -> Result<Report, ReportError>
     if let Some(p) = pool {
         // Only when in-process waiting dominates and CPU has room: more workers on a busy or
         // starved CPU queue for the CPU instead (the pool model does not see that).
-        let dominates = b.local_wait >= (b.cpu + b.gc + b.cpu_wait).max(b.downstream);
-        if dominates && rho_now < opts.target_utilisation && b.cpu_wait < 0.1 {
+        if waiting_dominates && rho_now < opts.target_utilisation && b.cpu_wait < 0.1 {
             actions.push((
                 "grow_pool".to_string(),
                 "grow_pool",
@@ -916,7 +923,7 @@ pub fn build(d: &Diagnosis, opts: &ReportOptions) -> Result<Report, ReportError>
         "Throughput per instance is the request rate that keeps {} cores per instance {} busy{}; the capacity of dependencies is not modelled (a faster service sends the same queries).",
         num(measured.cores_per_instance),
         pct(opts.target_utilisation),
-        if pool_material {
+        if pool_material && waiting_dominates {
             format!(
                 ", and keeps an in-process pool of about {} no busier",
                 pool.unwrap_or(0)
@@ -1133,3 +1140,7 @@ fn recommend(
         text,
     }
 }
+
+#[cfg(test)]
+#[path = "model_tests.rs"]
+mod tests;
