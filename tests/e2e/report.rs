@@ -237,6 +237,34 @@ fn a_go_binary_is_recognised_with_its_version() {
 }
 
 #[test]
+fn a_jvm_is_recognised_with_its_version_from_hsperfdata() {
+    let _x = exclusive();
+    let svc = Service::java(&["-Xmx64m"], &["--workers", "2", "--cpu-ms", "1"]).expect("jvm");
+    let out = Command::new(agent_bin())
+        .args(["diagnose", "--quiet", "--format", "json", "--duration", "1"])
+        .args(["--pid", &svc.pid.to_string()])
+        .output()
+        .expect("agent");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let rt = &v["services"][0]["runtime"];
+    assert_eq!(rt["name"], "java", "{v:#}");
+    assert_eq!(rt["evidence"], "hsperfdata", "{rt}");
+    // java.property.java.version: "17.0.x" on this machine's JDK, any digits elsewhere.
+    let version = rt["version"].as_str().unwrap_or_default();
+    assert!(version.starts_with(|c: char| c.is_ascii_digit()), "{rt}");
+    // A JVM's resident memory is tens of MiB at least.
+    assert!(
+        v["services"][0]["memory_bytes"].as_u64().unwrap_or(0) > 20 << 20,
+        "{v:#}"
+    );
+}
+
+#[test]
 fn bad_report_requests_fail_before_sampling() {
     let out = Command::new(agent_bin())
         .args([
