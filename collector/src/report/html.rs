@@ -224,7 +224,11 @@ pub fn render(r: &Report) -> String {
         ),
         (
             "Rewrite ceiling",
-            format!("{} of latency", esc(&pct(r.ceiling))),
+            if r.options.is_empty() {
+                "not known".to_string()
+            } else {
+                format!("{} of latency", esc(&pct(r.ceiling)))
+            },
         ),
     ];
     o.push_str("<dl class=\"facts\">");
@@ -232,13 +236,15 @@ pub fn render(r: &Report) -> String {
         let _ = write!(o, "<div><dt>{k}</dt><dd>{v}</dd></div>");
     }
     o.push_str("</dl>\n");
-    let _ = writeln!(
+    if !r.options.is_empty() {
+        let _ = writeln!(
         o,
         "<p class=\"ceiling\" id=\"ceiling\"><strong>Ceiling:</strong> even an infinitely fast rewrite saves at most {} of request time ({} ms of {} ms): on-CPU work, GC pauses and waiting for a CPU are all a rewrite can touch.</p>",
         esc(&pct(r.ceiling)),
         esc(&num(r.ceiling_ms)),
         esc(&num(m.latency_ms))
     );
+    }
 
     if !r.options.is_empty() {
         o.push_str(

@@ -42,13 +42,15 @@ pub fn render(r: &Report) -> String {
             .map(|x| format!(", {} MiB resident per instance", num(x)))
             .unwrap_or_default()
     );
-    let _ = writeln!(
+    if !r.options.is_empty() {
+        let _ = writeln!(
         o,
         "**Ceiling:** even an infinitely fast rewrite saves at most {} of request time ({} ms of {} ms).\n",
         pct(r.ceiling),
         num(r.ceiling_ms),
         num(m.latency_ms)
     );
+    }
     if r.options.is_empty() {
         let _ = writeln!(o, "No options are projected without enough data.\n");
     } else {

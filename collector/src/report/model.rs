@@ -593,6 +593,8 @@ pub fn build(d: &Diagnosis, opts: &ReportOptions) -> Result<Report, ReportError>
         None
     };
     if let Some(reason) = insufficient {
+        assumptions
+            .push("Nothing is projected without enough data: no options, no ceiling.".to_string());
         let text = format!(
             "Not enough data to project a rewrite: {reason}. Diagnose longer under real traffic (this window: {} s, {} req/s).",
             num(dec(window, 2)),
@@ -994,6 +996,19 @@ fn inst(r: &Range) -> String {
     num(r.central)
 }
 
+/// "save no instance (1 needed either way)" or "need 9 instance(s) instead of 13".
+fn instances_clause(option: &Range, current: &Range) -> String {
+    if option.central == current.central {
+        format!("save no instance ({} needed either way)", inst(current))
+    } else {
+        format!(
+            "need {} instance(s) instead of {}",
+            inst(option),
+            inst(current)
+        )
+    }
+}
+
 fn recommend(
     options: &[Projection],
     measured: &Measured,
@@ -1016,18 +1031,7 @@ fn recommend(
             "A {} would change mean latency by {} and {}",
             r.title.replacen("Rewrite", "rewrite", 1),
             signed_pct(r.latency_change.central),
-            if r.instances.central == cur.instances.central {
-                format!(
-                    "save no instance ({} needed either way)",
-                    inst(&cur.instances)
-                )
-            } else {
-                format!(
-                    "need {} instance(s) instead of {}",
-                    inst(&r.instances),
-                    inst(&cur.instances)
-                )
-            }
+            instances_clause(&r.instances, &cur.instances)
         )
     };
     let ceiling_clause = format!(
@@ -1112,7 +1116,7 @@ fn recommend(
             tail
         ),
         "tune_gc" => format!(
-            "Do not rewrite yet: tune the GC. Trading memory for it{} cuts mean latency by {} ({}) and needs {} instance(s) instead of {}. {}",
+            "Do not rewrite yet: tune the GC. Trading memory for it{} cuts mean latency by {} ({}) and {}. {}",
             match (&cur.memory_mib, &best.memory_mib) {
                 (Some(a), Some(b)) => format!(
                     " ({} → {} MiB per instance)",
@@ -1123,8 +1127,7 @@ fn recommend(
             },
             gain(best),
             latency_pair(best),
-            inst(&best.instances),
-            inst(&cur.instances),
+            instances_clause(&best.instances, &cur.instances),
             tail
         ),
         _ => tail.clone(),
