@@ -260,3 +260,37 @@ fn short_windows_and_low_confidence_widen_the_ranges() {
         opt(&b, "rewrite:rust").latency_ms.central
     );
 }
+
+#[test]
+fn hostile_numbers_neither_panic_nor_hang() {
+    // The collector renders reports from counters it received: any number may arrive.
+    let weird = [
+        0.0,
+        -1.0,
+        1e-300,
+        1e300,
+        f64::NAN,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+    ];
+    for &x in &weird {
+        for field in 0..6 {
+            let mut d = diag(0.3, 0.1, 0.1, 0.3, 0.2, 2.0);
+            match field {
+                0 => d.requests.rate_per_s = x,
+                1 => d.requests.mean_latency_ms = x,
+                2 => d.cpu.capacity_cores = x,
+                3 => d.cpu.used_cores = x,
+                4 => d.breakdown.local_wait = x,
+                _ => d.gc_cpu_cores = Some(x),
+            }
+            for f in [
+                super::super::Format::Json,
+                super::super::Format::Md,
+                super::super::Format::Html,
+            ] {
+                let _ = super::super::render(&d, &ReportOptions::default(), f);
+            }
+        }
+    }
+}

@@ -4,6 +4,9 @@
 //! Sources: octave.sourceforge.io/queueing/function/erlangc.html (Erlang C), and
 //! `shared/research/rewrite-model.md` §3 (Little's law, pool waiting).
 
+/// More servers than this are not iterated over (see [`erlang_c`]).
+pub const MAX_SERVERS: u32 = 100_000;
+
 /// Erlang C: the probability that an arrival waits, with `servers` servers and offered load
 /// `a` = λ·S Erlangs. 1.0 when the system is at or past saturation.
 pub fn erlang_c(servers: u32, a: f64) -> f64 {
@@ -12,6 +15,11 @@ pub fn erlang_c(servers: u32, a: f64) -> f64 {
     }
     if a <= 0.0 {
         return 0.0;
+    }
+    // The recurrence is O(servers): beyond any real machine or pool, answer without it (with so
+    // many servers, waiting is all or nothing around saturation). Bounds work on hostile input.
+    if servers > MAX_SERVERS {
+        return if a < 0.95 * servers as f64 { 0.0 } else { 1.0 };
     }
     // Erlang B by its stable recurrence, then C from B.
     let mut b = 1.0;
@@ -38,7 +46,10 @@ pub fn wait(servers: u32, a: f64, service: f64) -> f64 {
 /// [`wait`] for a fractional number of servers (a CPU quota of 2.5 cores): linear between the two
 /// neighbouring integers, at least one server.
 pub fn wait_fractional(servers: f64, a: f64, service: f64) -> f64 {
-    let servers = servers.max(1.0);
+    if !(servers.is_finite() && a.is_finite() && service.is_finite()) {
+        return f64::INFINITY;
+    }
+    let servers = servers.clamp(1.0, 2.0 * MAX_SERVERS as f64);
     let lo = servers.floor();
     let hi = servers.ceil();
     let w_lo = wait(lo as u32, a, service);
@@ -62,7 +73,7 @@ pub fn wait_fractional(servers: f64, a: f64, service: f64) -> f64 {
 /// load `a` and hold time `hold`: the pool size that explains the waiting we measured.
 /// `None` when nothing can be inferred (no load or no hold time).
 pub fn infer_pool(a: f64, hold: f64, measured_wait: f64) -> Option<u32> {
-    if !(a > 0.0 && hold > 0.0 && measured_wait >= 0.0 && a.is_finite()) {
+    if !(a > 0.0 && hold > 0.0 && measured_wait >= 0.0 && a < MAX_SERVERS as f64) {
         return None;
     }
     let start = (a.floor() as u32).saturating_add(1);
@@ -112,6 +123,10 @@ mod tests {
         // Saturation and no load.
         assert_eq!(erlang_c(4, 4.0), 1.0);
         assert_eq!(erlang_c(4, 0.0), 0.0);
+        // Absurd server counts answer at once instead of iterating.
+        assert_eq!(erlang_c(u32::MAX, 10.0), 0.0);
+        assert!(wait_fractional(1e300, 5.0, 1.0) == 0.0);
+        assert!(wait_fractional(f64::NAN, 5.0, 1.0).is_infinite());
     }
 
     #[test]
@@ -153,6 +168,8 @@ mod tests {
         assert_eq!(infer_pool(7.0, 10.0, w8), Some(8));
         assert!(wait(16, 7.0, 10.0) < w8 / 10.0);
         assert_eq!(infer_pool(0.0, 10.0, 1.0), None);
+        assert_eq!(infer_pool(f64::NAN, 10.0, 1.0), None);
+        assert_eq!(infer_pool(1e12, 10.0, 1.0), None);
     }
 
     #[test]
