@@ -63,6 +63,10 @@ pub fn run(
 ) -> Result<Report, SessionError> {
     let interval = cfg.sample_interval;
     let service = service.unwrap_or_else(|| default_service_name(&cfg.proc_root, cfg.pids[0]));
+    // For the rewrite report: the runtime while the processes surely live, memory at the end.
+    let proc_root = cfg.proc_root.clone();
+    let runtime = crate::runtime::detect(&proc_root, &cfg.pids);
+    let memory_at_start = crate::runtime::resident_bytes(&proc_root, &cfg.pids);
     let mut session = Session::new(cfg)?;
     let start = Instant::now();
     let deadline = start + duration;
@@ -99,7 +103,10 @@ pub fn run(
         }
     }
     let budget = session.finish(Instant::now());
-    let d = diagnose(&service, &session.pids(), &budget, thresholds);
+    let mut d = diagnose(&service, &session.pids(), &budget, thresholds);
+    d.runtime = runtime;
+    d.memory_bytes =
+        crate::runtime::resident_bytes(&proc_root, &session.pids()).or(memory_at_start);
     Ok(Report {
         services: vec![d],
         agent: health(&session.errors),

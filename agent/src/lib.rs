@@ -14,6 +14,8 @@ pub mod diagnose;
 pub mod gc;
 pub mod procfs;
 pub mod render;
+pub mod report;
+pub mod runtime;
 pub mod session;
 pub mod sockdiag;
 

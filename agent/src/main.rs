@@ -78,7 +78,18 @@ enum Cmd {
         /// Do not print progress on stderr.
         #[arg(long, short)]
         quiet: bool,
+        /// Also write the rewrite report here (format from the extension: .html, .md, .json);
+        /// repeat for several formats.
+        #[arg(long = "report", value_name = "FILE")]
+        reports: Vec<std::path::PathBuf>,
+        #[command(flatten)]
+        projection: scalewise_agent::report::ProjectionArgs,
     },
+    /// Should we rewrite? What a rewrite to each target would buy, next to fixing dependencies,
+    /// scaling out, growing pools and tuning GC, from a saved `diagnose --format json`.
+    ///
+    /// Example: scalewise-agent report --input diagnosis.json --target rust --format html --output report.html
+    Report(scalewise_agent::report::ReportArgs),
     /// Start sample services (CPU-bound, slow downstream, lock-contended), load them, diagnose
     /// each and compare with the ground truth they record about themselves.
     Demo {
@@ -119,8 +130,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             expvar_url,
             sample_interval_ms,
             quiet,
+            reports,
+            projection,
         } => {
             let duration = seconds(duration)?;
+            // Refuse a bad report request before sampling, not after.
+            for path in &reports {
+                scalewise_agent::report::format_of(path)?;
+                scalewise_agent::report::options(&projection)?;
+            }
             if !(10..=10_000).contains(&sample_interval_ms) {
                 anyhow::bail!("--sample-interval-ms must be between 10 and 10000");
             }
@@ -151,7 +169,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                 }
             }
+            for path in reports {
+                for f in scalewise_agent::report::write_for(&report.services, &path, &projection)? {
+                    if !quiet {
+                        eprintln!("rewrite report written to {}", f.display());
+                    }
+                }
+            }
         }
+        Cmd::Report(args) => match scalewise_agent::report::run(&args)? {
+            scalewise_agent::report::Output::Stdout(text) => emit(&text)?,
+            scalewise_agent::report::Output::Files(files) => {
+                for f in files {
+                    eprintln!("rewrite report written to {}", f.display());
+                }
+            }
+        },
         Cmd::Demo { duration, format } => {
             let duration = seconds(duration)?;
             let cases = scalewise_agent::demo::run(duration, &mut |line| eprintln!("{line}"))?;

@@ -52,6 +52,21 @@ pub fn text(d: &Diagnosis) -> String {
         "  cpu         {:.2} of {:.2} cores",
         d.cpu.used_cores, d.cpu.capacity_cores
     );
+    if let Some(rt) = &d.runtime {
+        let _ = writeln!(
+            out,
+            "  runtime     {}{} ({}){}",
+            rt.name,
+            rt.version
+                .as_deref()
+                .map(|v| format!(" {v}"))
+                .unwrap_or_default(),
+            rt.evidence,
+            d.memory_bytes
+                .map(|b| format!(", {:.0} MiB resident", b as f64 / (1024.0 * 1024.0)))
+                .unwrap_or_default()
+        );
+    }
     let _ = writeln!(out, "\n  where request time goes");
     let b = &d.breakdown;
     for (name, share) in [
@@ -111,5 +126,21 @@ mod tests {
         assert!(t.contains("cpu          90%"), "{t}");
         assert!(t.contains("rewrite ceiling"), "{t}");
         assert!(t.contains("pid 42"), "{t}");
+        assert!(
+            !t.contains("runtime"),
+            "no runtime line when none was detected: {t}"
+        );
+        let mut d = d;
+        d.runtime = Some(scalewise_collector::engine::Runtime {
+            name: "go".into(),
+            version: Some("go1.22.1".into()),
+            evidence: "ELF .go.buildinfo section".into(),
+        });
+        d.memory_bytes = Some(64 << 20);
+        let t = text(&d);
+        assert!(
+            t.contains("runtime     go go1.22.1 (ELF .go.buildinfo section), 64 MiB resident"),
+            "{t}"
+        );
     }
 }

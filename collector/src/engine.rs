@@ -98,6 +98,26 @@ pub struct Diagnosis {
     /// How busy the clients keep the service (absent without inbound connections).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load: Option<Load>,
+    /// The service's runtime, when the agent recognised it (for the rewrite report).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<Runtime>,
+    /// Resident memory of the service's processes, bytes (sum of `statm` resident).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// Cores used by runtime GC threads (part of `cpu.used_cores`), when measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gc_cpu_cores: Option<f64>,
+}
+
+/// A service's runtime: a report profile name (`java`, `go`, `node`, `python`, `csharp`,
+/// `native`), its version when known, and how it was recognised.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Runtime {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default)]
+    pub evidence: String,
 }
 
 /// The engine's knobs. Defaults are the documented model, not tuned to any workload.
@@ -416,6 +436,9 @@ pub fn diagnose(service: &str, pids: &[u32], b: &Budget, t: &Thresholds) -> Diag
         requests,
         evidence,
         load,
+        runtime: None,
+        memory_bytes: None,
+        gc_cpu_cores: (b.gc_thread_cpu_s > 0.0).then(|| round(per_window(b.gc_thread_cpu_s), 3)),
     }
 }
 

@@ -6,6 +6,7 @@
 
 pub mod budget;
 pub mod engine;
+pub mod report;
 pub mod wire;
 
 pub use budget::{Budget, DependencyTime, RequestSource};
