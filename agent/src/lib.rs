@@ -16,6 +16,7 @@ pub mod procfs;
 pub mod render;
 pub mod session;
 pub mod sockdiag;
+pub mod spans;
 
 pub mod sampler {
     //! Samplers: each reads one kind of kernel signal about the service's processes.
