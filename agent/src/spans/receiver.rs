@@ -327,6 +327,14 @@ async fn http_traces(State(st): State<AppState>, headers: HeaderMap, body: Body)
         "" | "identity" => false,
         _ => return refuse(&st, DecodeError::ContentEncoding(ce)),
     };
+    // A declared length over the limit is refused before a byte of the body is read.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > st.max_body as u64) {
+        return refuse(&st, DecodeError::TooLarge(st.max_body));
+    }
     let raw = match Limited::new(body, st.max_body).collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => return refuse(&st, DecodeError::TooLarge(st.max_body)),
