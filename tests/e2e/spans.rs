@@ -55,7 +55,7 @@ fn node_with_spans(
 ) -> (
     serde_json::Value,
     serde_json::Value,
-    scalewise_e2e::workload::TruthShares,
+    scalewise_e2e::workload::Truth,
     serde_json::Value,
 ) {
     let otel = script(&["node", "otel", "instrument.js"]);
@@ -63,7 +63,7 @@ fn node_with_spans(
         Path::new(&script(&["node", "otel", "node_modules"])).exists(),
         "the OpenTelemetry SDK for Node is not installed: run scripts/install-deps"
     );
-    let backend = Service::workload(&["backend", "--port", "0", "--ms", "20"]).expect("backend");
+    let backend = Service::workload(&["backend", "--port", "0", "--ms", "50"]).expect("backend");
     let otlp = free_port();
     let endpoint = format!("http://127.0.0.1:{otlp}/v1/traces");
     let mut all_env = vec![
@@ -85,7 +85,7 @@ fn node_with_spans(
             "--backend",
             &backend.addr(),
             "--backend-ms",
-            "20",
+            "50",
         ],
         &all_env,
     )
@@ -115,14 +115,15 @@ fn node_with_spans(
         .expect("load summary");
     let report = agent.join().expect("agent thread");
     let after = svc.truth().expect("truth after");
-    let truth = after.delta(&before).shares();
+    let truth = after.delta(&before);
     (report["services"][0].clone(), clients, truth, report)
 }
 
 #[test]
 fn node_with_opentelemetry_latency_and_shares_come_from_spans() {
     let _x = exclusive();
-    let (d, clients, truth, report) = node_with_spans(&[], 4);
+    let (d, clients, window, report) = node_with_spans(&[], 4);
+    let truth = window.shares();
     let measured = d["requests"]["mean_latency_ms"]
         .as_f64()
         .unwrap_or(f64::NAN);
@@ -130,8 +131,9 @@ fn node_with_opentelemetry_latency_and_shares_come_from_spans() {
     let b = &d["breakdown"];
     let got = |k: &str| b[k].as_f64().unwrap_or(f64::NAN);
     eprintln!(
-        "spans node: latency {measured:.3} ms, clients {client:.3} ms ({:+.2}%); cpu {:.3} (truth {:.3}), downstream {:.3} (truth {:.3}), local_wait {:.3} (truth {:.3}); {} client requests",
+        "spans node: latency {measured:.3} ms, clients {client:.3} ms ({:+.2}%), handler's own {:.3} ms; cpu {:.3} (truth {:.3}), downstream {:.3} (truth {:.3}), local_wait {:.3} (truth {:.3}); {} client requests",
         (measured / client - 1.0) * 100.0,
+        window.latency_s / window.requests * 1000.0,
         got("cpu"),
         truth.cpu,
         got("downstream"),
@@ -139,6 +141,10 @@ fn node_with_opentelemetry_latency_and_shares_come_from_spans() {
         got("local_wait"),
         truth.local_wait,
         clients["requests"]
+    );
+    eprintln!(
+        "receiver: {}; dependencies: {}; evidence: {}",
+        report["agent"]["otlp"], d["dependencies"], d["evidence"]
     );
     assert_eq!(d["requests"]["source"], "spans", "{d:#}");
     // Matched by process.pid, and named as the service names itself.
