@@ -437,3 +437,47 @@ fn every_encoding_is_received_forwarded_unchanged_and_hostile_bodies_are_refused
     }
     assert_eq!(otlp_stats["forwarded"], 4, "{otlp_stats}");
 }
+
+#[test]
+fn sampled_traces_are_scaled_by_the_socket_measured_rate() {
+    let _x = exclusive();
+    // The SDK keeps a quarter of the traces, as busy services configure it.
+    let (d, clients, window, _) = node_with_spans(
+        &[
+            ("OTEL_TRACES_SAMPLER", "traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.25"),
+        ],
+        4,
+    );
+    let truth = window.shares();
+    let measured = d["requests"]["mean_latency_ms"]
+        .as_f64()
+        .unwrap_or(f64::NAN);
+    let client = clients["mean_latency_ms"].as_f64().unwrap_or(f64::NAN);
+    let counted =
+        d["requests"]["rate_per_s"].as_f64().unwrap_or(0.0) * d["window_s"].as_f64().unwrap_or(0.0);
+    let sent = clients["requests"].as_f64().unwrap_or(f64::NAN);
+    eprintln!(
+        "sampled spans node: latency {measured:.3} ms, clients {client:.3} ms ({:+.2}%); requests {counted:.0} counted, {sent} sent; downstream {:.3} (truth {:.3}); evidence {}",
+        (measured / client - 1.0) * 100.0,
+        d["breakdown"]["downstream"],
+        truth.downstream,
+        d["evidence"]
+    );
+    assert_eq!(d["requests"]["source"], "spans", "{d:#}");
+    assert!(
+        d["evidence"].to_string().contains("traces sampled"),
+        "{d:#}"
+    );
+    // The count comes from the sockets (scaled spans), the latency from the spans kept.
+    assert!(
+        (counted - sent).abs() <= 0.10 * sent,
+        "{counted} vs {sent}\n{d:#}"
+    );
+    assert!(
+        (measured - client).abs() <= 0.02 * client,
+        "mean latency {measured} ms vs the clients' {client} ms\n{d:#}"
+    );
+    let down = d["breakdown"]["downstream"].as_f64().unwrap_or(f64::NAN);
+    assert!((down - truth.downstream).abs() <= 0.05, "{d:#}");
+}
