@@ -525,7 +525,8 @@ impl Drop for Receiver {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
+    use proptest::prelude::*;
+    use std::io::{BufRead, Write};
 
     fn sample() -> ExportTraceServiceRequest {
         serde_json::from_str(
@@ -576,5 +577,76 @@ mod tests {
         let e = decode_http(&bomb, Format::Protobuf, true, 1 << 20).expect_err("bomb");
         assert_eq!(e, DecodeError::DecompressedTooLarge(1 << 20));
         assert_eq!(e.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    /// POSTs a protobuf body; returns the status code.
+    fn post(addr: SocketAddr, body: &[u8]) -> u16 {
+        let mut s = std::net::TcpStream::connect(addr).expect("connect");
+        let head = format!(
+            "POST /v1/traces HTTP/1.1\r\nHost: a\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes()).expect("write");
+        s.write_all(body).expect("write");
+        let mut line = String::new();
+        std::io::BufReader::new(s)
+            .read_line(&mut line)
+            .expect("read");
+        line.split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn a_forward_target_that_never_answers_does_not_hold_up_ingestion() {
+        // Accepts connections, never reads nor answers.
+        let sink = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let target = sink.local_addr().expect("addr");
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for c in sink.incoming().flatten() {
+                held.push(c);
+            }
+        });
+        let mut cfg = ReceiverConfig::new(vec!["127.0.0.1:0".parse().expect("addr")]);
+        cfg.forward = Some(format!("http://{target}/v1/traces"));
+        let agg = SharedAggregate::default();
+        let r = Receiver::start_owned(cfg, agg).expect("receiver");
+        let body = sample().encode_to_vec();
+        let n = FORWARD_QUEUE + 50;
+        for _ in 0..n {
+            assert_eq!(post(r.addrs[0], &body), 200);
+        }
+        let s = r.snapshot();
+        assert_eq!(s.spans.server_spans, n as u64);
+        // At most the queue and the one in flight wait; the rest are dropped and counted.
+        assert!(s.forward_dropped > 0, "{s:?}");
+        assert_eq!(s.forwarded, 0);
+    }
+
+    #[test]
+    fn the_listener_is_loopback_unless_told_otherwise() {
+        let cfg = ReceiverConfig::new(vec!["0.0.0.0:0".parse().expect("addr")]);
+        let e = Receiver::start_owned(cfg, SharedAggregate::default()).err();
+        assert!(matches!(e, Some(ReceiverError::NotLoopback(_))), "{e:?}");
+        let mut cfg = ReceiverConfig::new(vec!["127.0.0.1:0".parse().expect("addr")]);
+        cfg.forward = Some("https://collector:4318/v1/traces".into());
+        let e = Receiver::start_owned(cfg, SharedAggregate::default()).err();
+        assert!(matches!(e, Some(ReceiverError::ForwardUrl(..))), "{e:?}");
+    }
+
+    proptest! {
+        #[test]
+        fn random_bodies_never_panic(body in proptest::collection::vec(any::<u8>(), 0..512), mode in 0u8..4) {
+            let format = if mode & 1 == 0 { Format::Protobuf } else { Format::Json };
+            if let Ok(req) = decode_http(&body, format, mode & 2 != 0, 1 << 16) {
+                let mut a = super::super::SpanAggregate::new();
+                a.ingest(&req, 1_700_000_000_000_000_000);
+                for s in a.services() {
+                    let _ = a.window(&s, 0, u64::MAX);
+                }
+            }
+        }
     }
 }
