@@ -481,3 +481,33 @@ fn sampled_traces_are_scaled_by_the_socket_measured_rate() {
     let down = d["breakdown"]["downstream"].as_f64().unwrap_or(f64::NAN);
     assert!((down - truth.downstream).abs() <= 0.05, "{d:#}");
 }
+
+#[test]
+fn bad_receiver_flags_say_what_is_wrong() {
+    let pid = std::process::id().to_string();
+    let run = |extra: &[&str]| {
+        let out = std::process::Command::new(scalewise_e2e::harness::agent_bin())
+            .args(["diagnose", "--quiet", "--duration", "1", "--pid", &pid])
+            .args(extra)
+            .output()
+            .expect("agent");
+        assert!(!out.status.success(), "{extra:?} was accepted");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let e = run(&["--otlp-listen", "0.0.0.0:0"]);
+    assert!(e.contains("not a loopback address"), "{e}");
+    let e = run(&["--traces-forward", "http://127.0.0.1:9/v1/traces"]);
+    assert!(e.contains("--otlp-listen"), "{e}");
+    let e = run(&[
+        "--otlp-listen",
+        "127.0.0.1:0",
+        "--traces-forward",
+        "https://collector:4318/v1/traces",
+    ]);
+    assert!(e.contains("only http://"), "{e}");
+    // A port already taken is named.
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let e = run(&["--otlp-listen", &addr]);
+    assert!(e.contains("cannot listen on"), "{e}");
+}

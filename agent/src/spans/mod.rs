@@ -165,6 +165,31 @@ impl Spans {
         }
     }
 
+    /// For a daemon's cumulative budget (`run`): puts everything the matched service's spans
+    /// have said since the receiver started, up to `now`, into `budget` (whose `window_s` is the
+    /// time since the same start). Spans still in the SDK's batch arrive in the next export.
+    pub fn apply_cumulative(
+        &self,
+        budget: &mut Budget,
+        name: Option<&str>,
+        pids: &[u32],
+        now: SystemTime,
+        names: &DependencyNames,
+    ) -> Option<Match> {
+        let (matched, window) = with(&self.aggregate, |a| {
+            let m = a.select(name, pids);
+            let w = m
+                .as_ref()
+                .and_then(|m| a.cumulative(m.service(), unix_ns(now)));
+            (m, w)
+        });
+        let m = matched?;
+        let mut w = window.unwrap_or_default();
+        w.covered_s = budget.window_s;
+        overlay(budget, &w, &m, names);
+        Some(m)
+    }
+
     /// Puts the span figures of `[from, to)` into `budget` when a service matches. Returns the
     /// match, or `None` (with a note when spans came from services that do not match).
     pub fn apply(
