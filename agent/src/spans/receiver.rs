@@ -561,6 +561,33 @@ mod tests {
     }
 
     #[test]
+    fn json_as_the_sdks_write_it() {
+        // int64 as strings or numbers, enums as integers, ids in hex (OTLP/JSON).
+        let body = br#"{"resourceSpans":[{"resource":{"attributes":[
+            {"key":"service.name","value":{"stringValue":"api"}},
+            {"key":"process.pid","value":{"intValue":"4242"}}]},
+          "scopeSpans":[{"scope":{"name":"x"},"spans":[
+            {"traceId":"5b8efff798038103d269b633813fc60c","spanId":"eee19b7ec3c1b174",
+             "name":"SELECT","kind":3,"startTimeUnixNano":1700000000001000000,
+             "endTimeUnixNano":"1700000000002000000",
+             "attributes":[{"key":"server.port","value":{"intValue":5432}},
+                           {"key":"db.system.name","value":{"stringValue":"postgresql"}}],
+             "status":{}}]}]}]}"#;
+        let req = decode_http(body, Format::Json, false, 1 << 20).expect("valid OTLP/JSON");
+        let rs = &req.resource_spans[0];
+        let span = &rs.scope_spans[0].spans[0];
+        assert_eq!(span.kind, 3);
+        assert_eq!(span.start_time_unix_nano, 1_700_000_000_001_000_000);
+        assert_eq!(span.end_time_unix_nano, 1_700_000_000_002_000_000);
+        assert_eq!(span.trace_id.len(), 16);
+        let pid = &rs.resource.as_ref().expect("resource").attributes[1];
+        assert_eq!(
+            pid.value.as_ref().and_then(|v| v.value.clone()),
+            Some(opentelemetry_proto::tonic::common::v1::any_value::Value::IntValue(4242))
+        );
+    }
+
+    #[test]
     fn hostile_bodies_are_refused_with_a_reason() {
         let pb = sample().encode_to_vec();
         let e = decode_http(&pb[..pb.len() - 3], Format::Protobuf, false, 1 << 20)
