@@ -90,6 +90,9 @@ pub fn run_with_spans(
     let mut service = service.unwrap_or_else(|| default_service_name(&cfg.proc_root, cfg.pids[0]));
     let mut session = Session::new(cfg)?;
     let wall_start = std::time::SystemTime::now();
+    if let Some(src) = &spans {
+        src.spans.pin(wall_start);
+    }
     let start = Instant::now();
     let deadline = start + duration;
     session.step(start);

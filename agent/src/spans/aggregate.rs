@@ -30,12 +30,13 @@ use serde::Serialize;
 /// Width of a time bucket.
 pub const BUCKET_NS: u64 = 100_000_000;
 /// How long buckets stay readable one by one before they fold into the cumulative base.
-pub const RETAIN_NS: u64 = 300 * 1_000_000_000;
+pub const RETAIN_NS: u64 = 120 * 1_000_000_000;
 /// Spans ending further than this after `now` are a clock problem, not data.
 pub const MAX_FUTURE_NS: u64 = 600 * 1_000_000_000;
 /// How long a client span waits for its server span.
 pub const PENDING_TTL_NS: u64 = 60 * 1_000_000_000;
-pub const MAX_SERVICES: usize = 256;
+/// A sidecar sees one service or a few; 64 bound the memory (about 1,200 buckets each).
+pub const MAX_SERVICES: usize = 64;
 pub const MAX_DEPENDENCIES: usize = 64;
 pub const MAX_PENDING_SPANS: usize = 100_000;
 pub const MAX_PENDING_TRACES: usize = 100_000;
@@ -98,6 +99,8 @@ struct ServiceState {
     deps: Vec<Dependency>,
     dep_index: HashMap<String, usize>,
     base: Totals,
+    /// Folded buckets at or after the pin (see [`SpanAggregate::pin`]).
+    pinned: Totals,
     buckets: BTreeMap<u64, Totals>,
     /// Latest end time of any of its server spans.
     last_end_ns: u64,
@@ -157,6 +160,9 @@ pub struct SpanAggregate {
     /// Buffered traces oldest first, with the end time of the span that opened each.
     pending_order: VecDeque<((usize, u128), u64)>,
     pending_spans: usize,
+    /// First bucket of a window being read (a `diagnose` run): buckets from here on that fold
+    /// keep apart from the base, so the window stays readable however long it is.
+    pin: Option<u64>,
     pub stats: AggregateStats,
 }
 
@@ -447,7 +453,12 @@ impl SpanAggregate {
             downstream: per_dep,
         };
         if end.saturating_add(RETAIN_NS) < now_ns {
-            s.base.add(&add); // late: no longer readable by window, still in the totals
+            // Late: past the buckets, still in the totals.
+            if self.pin.is_some_and(|p| end / BUCKET_NS >= p) {
+                s.pinned.add(&add);
+            } else {
+                s.base.add(&add);
+            }
         } else {
             s.buckets.entry(end / BUCKET_NS).or_default().add(&add);
         }
@@ -461,8 +472,13 @@ impl SpanAggregate {
                 if *entry.key() >= oldest_bucket {
                     break;
                 }
+                let pinned = self.pin.is_some_and(|p| *entry.key() >= p);
                 let t = entry.remove();
-                s.base.add(&t);
+                if pinned {
+                    s.pinned.add(&t);
+                } else {
+                    s.base.add(&t);
+                }
             }
         }
         let cutoff = now_ns.saturating_sub(PENDING_TTL_NS);
@@ -536,8 +552,18 @@ impl SpanAggregate {
         }
     }
 
+    /// Keeps a window starting at `from_ns` readable by [`SpanAggregate::window`] past the
+    /// retention of single buckets (one pin at a time; a `diagnose` run sets it at its start).
+    pub fn pin(&mut self, from_ns: u64) {
+        self.pin = Some(from_ns.div_ceil(BUCKET_NS));
+        for s in &mut self.services {
+            s.pinned = Totals::default();
+        }
+    }
+
     /// The service's server spans that ended in the whole buckets inside `[from_ns, to_ns)`.
-    /// `None` when the service is unknown or the window holds no whole bucket.
+    /// `None` when the service is unknown or the window holds no whole bucket. A window older
+    /// than [`RETAIN_NS`] is complete only from the [`SpanAggregate::pin`] it starts at.
     pub fn window(&self, service: &str, from_ns: u64, to_ns: u64) -> Option<SpanWindow> {
         let s = &self.services[*self.by_name.get(service)?];
         let first = from_ns.div_ceil(BUCKET_NS);
@@ -545,7 +571,11 @@ impl SpanAggregate {
         if last <= first {
             return None;
         }
-        let mut t = Totals::default();
+        let mut t = if self.pin == Some(first) {
+            s.pinned.clone()
+        } else {
+            Totals::default()
+        };
         for (_, b) in s.buckets.range(first..last) {
             t.add(b);
         }
@@ -558,6 +588,7 @@ impl SpanAggregate {
     pub fn cumulative(&self, service: &str, to_ns: u64) -> Option<SpanWindow> {
         let s = &self.services[*self.by_name.get(service)?];
         let mut t = s.base.clone();
+        t.add(&s.pinned);
         for (_, b) in s.buckets.range(..to_ns / BUCKET_NS) {
             t.add(b);
         }

@@ -362,3 +362,29 @@ fn union_of_intervals() {
     assert_eq!(union_ns(&mut [(0, 10), (5, 15), (20, 30), (30, 31)]), 26);
     assert_eq!(union_ns(&mut [(5, 6), (0, 100), (7, 8)]), 100);
 }
+
+#[test]
+fn a_pinned_window_stays_whole_past_the_retention() {
+    let mut a = SpanAggregate::new();
+    a.pin(T0);
+    // One request a second for longer than buckets are kept, each ingested as it ends.
+    let n = RETAIN_NS / S * 2;
+    for k in 0..n {
+        let end = T0 + k * S + 500 * MS;
+        a.ingest(
+            &request(
+                "api",
+                None,
+                vec![span(1, SpanKind::Server, end - 10 * MS, end, vec![])],
+            ),
+            end,
+        );
+    }
+    let to = T0 + n * S;
+    let w = a.window("api", T0, to).expect("window");
+    assert_eq!(w.requests, n as f64);
+    assert!((w.request_s - n as f64 * 0.010).abs() < 1e-9);
+    // An unpinned window that old has lost its folded part; the cumulative total has not.
+    assert!(a.window("api", T0 + S, to).expect("window").requests < n as f64);
+    assert_eq!(a.cumulative("api", to).expect("known").requests, n as f64);
+}

@@ -147,6 +147,12 @@ impl Spans {
         })
     }
 
+    /// Marks the start of a window that will be read with [`Spans::apply`] (a `diagnose` run),
+    /// so that it stays whole however long it is.
+    pub fn pin(&self, from: SystemTime) {
+        with(&self.aggregate, |a| a.pin(unix_ns(from)));
+    }
+
     /// Waits, at most `max`, until the service matched for `name`/`pids` has sent a server span
     /// ending at or after `until` (exporters batch: the SDKs' default is every 5 s). Returns at
     /// once when no service has sent spans at all.
