@@ -478,8 +478,9 @@ fn sampled_traces_are_scaled_by_the_socket_measured_rate() {
         (counted - sent).abs() <= 0.10 * sent,
         "{counted} vs {sent}\n{d:#}"
     );
+    // A quarter of the requests estimate the mean: 5% here, 2% is the full-trace test's bound.
     assert!(
-        (measured - client).abs() <= 0.02 * client,
+        (measured - client).abs() <= 0.05 * client,
         "mean latency {measured} ms vs the clients' {client} ms\n{d:#}"
     );
     let down = d["breakdown"]["downstream"].as_f64().unwrap_or(f64::NAN);
