@@ -20,6 +20,9 @@ pub struct AgentHealth {
     pub version: &'static str,
     /// Sampler errors by sampler and kind, as counted by `scalewise_agent_sampler_errors_total`.
     pub sampler_errors: Vec<SamplerErrors>,
+    /// The OTLP traces receiver's counters, when `--otlp-listen` is on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp: Option<crate::spans::receiver::StatsSnapshot>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -40,6 +43,7 @@ fn health(errors: &ErrorCounts) -> AgentHealth {
                 count,
             })
             .collect(),
+        otlp: None,
     }
 }
 
@@ -61,13 +65,38 @@ pub fn run(
     thresholds: &Thresholds,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Report, SessionError> {
+    run_with_spans(cfg, service, duration, thresholds, None, progress)
+}
+
+/// Spans for [`run_with_spans`]: the running receiver, and how long to wait after the window for
+/// the service's exporter to send the spans that ended in it.
+pub struct SpanSource<'a> {
+    pub spans: &'a crate::spans::Spans,
+    pub flush_wait: Duration,
+}
+
+/// [`run`], with the request side taken from spans when the service sends them.
+pub fn run_with_spans(
+    cfg: SessionConfig,
+    service: Option<String>,
+    duration: Duration,
+    thresholds: &Thresholds,
+    spans: Option<SpanSource<'_>>,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Report, SessionError> {
     let interval = cfg.sample_interval;
-    let service = service.unwrap_or_else(|| default_service_name(&cfg.proc_root, cfg.pids[0]));
+    let given_name = service.clone();
+    let names = crate::deps::DependencyNames::new(&cfg.dependencies);
+    let mut service = service.unwrap_or_else(|| default_service_name(&cfg.proc_root, cfg.pids[0]));
     // For the rewrite report: the runtime while the processes surely live, memory at the end.
     let proc_root = cfg.proc_root.clone();
     let runtime = crate::runtime::detect(&proc_root, &cfg.pids);
     let memory_at_start = crate::runtime::resident_bytes(&proc_root, &cfg.pids);
     let mut session = Session::new(cfg)?;
+    let wall_start = std::time::SystemTime::now();
+    if let Some(src) = &spans {
+        src.spans.pin(wall_start);
+    }
     let start = Instant::now();
     let deadline = start + duration;
     session.step(start);
@@ -102,13 +131,35 @@ pub fn run(
             ));
         }
     }
-    let budget = session.finish(Instant::now());
+    let mut budget = session.finish(Instant::now());
+    let wall_end = std::time::SystemTime::now();
+    let mut otlp = None;
+    if let Some(src) = spans {
+        let pids = session.pids();
+        src.spans
+            .wait_for(given_name.as_deref(), &pids, wall_end, src.flush_wait);
+        let matched = src.spans.apply(
+            &mut budget,
+            given_name.as_deref(),
+            &pids,
+            wall_start,
+            wall_end,
+            &names,
+        );
+        // Without --service, the name the service gives itself beats its command name.
+        if let (None, Some(m)) = (&given_name, matched) {
+            service = m.service().to_string();
+        }
+        otlp = Some(src.spans.receiver.snapshot());
+    }
     let mut d = diagnose(&service, &session.pids(), &budget, thresholds);
     d.runtime = runtime;
     d.memory_bytes =
         crate::runtime::resident_bytes(&proc_root, &session.pids()).or(memory_at_start);
+    let mut agent = health(&session.errors);
+    agent.otlp = otlp;
     Ok(Report {
         services: vec![d],
-        agent: health(&session.errors),
+        agent,
     })
 }

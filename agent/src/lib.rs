@@ -18,6 +18,7 @@ pub mod report;
 pub mod runtime;
 pub mod session;
 pub mod sockdiag;
+pub mod spans;
 
 pub mod sampler {
     //! Samplers: each reads one kind of kernel signal about the service's processes.

@@ -84,6 +84,8 @@ enum Cmd {
         reports: Vec<std::path::PathBuf>,
         #[command(flatten)]
         projection: scalewise_agent::report::ProjectionArgs,
+        #[command(flatten)]
+        otlp: OtlpArgs,
     },
     /// Should we rewrite? What a rewrite to each target would buy, next to fixing dependencies,
     /// scaling out, growing pools and tuning GC, from a saved `diagnose --format json`.
@@ -99,6 +101,46 @@ enum Cmd {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
+}
+
+/// Spans: the exact source of request time, for services instrumented with OpenTelemetry.
+#[derive(clap::Args, Debug, Clone)]
+struct OtlpArgs {
+    /// Receive OTLP traces here: HTTP/protobuf or JSON on /v1/traces (gzip or not) and gRPC, on
+    /// the same port. Point the service's SDK at it (the SDKs' default is 127.0.0.1:4318 for
+    /// HTTP, 4317 for gRPC; repeat the flag to listen on both). Services that send spans get
+    /// their request time, rate, latency and downstream time from them (`requests.source` is
+    /// `spans`). Loopback only, unless --otlp-insecure.
+    #[arg(long = "otlp-listen", value_name = "ADDR")]
+    otlp_listen: Vec<std::net::SocketAddr>,
+    /// Forward every received traces body unchanged (HTTP/protobuf) to the team's pipeline, e.g.
+    /// http://otel-collector:4318/v1/traces. Best-effort: a slow or dead target never holds up
+    /// the agent; what cannot be queued is dropped and counted.
+    #[arg(long, value_name = "URL", requires = "otlp_listen")]
+    traces_forward: Option<String>,
+    /// After sampling, wait at most this long for the service's exporter to send the spans that
+    /// ended in the window (SDKs batch them, by default every 5 s).
+    #[arg(long, default_value_t = 6.0, value_name = "SECONDS")]
+    otlp_flush_wait: f64,
+    /// Allow a non-loopback --otlp-listen address with no authentication.
+    #[arg(long)]
+    otlp_insecure: bool,
+}
+
+impl OtlpArgs {
+    /// The running receiver, if asked for.
+    fn start(&self) -> anyhow::Result<Option<scalewise_agent::spans::Spans>> {
+        if self.otlp_listen.is_empty() {
+            return Ok(None);
+        }
+        if !(self.otlp_flush_wait.is_finite() && (0.0..=300.0).contains(&self.otlp_flush_wait)) {
+            anyhow::bail!("--otlp-flush-wait must be between 0 and 300 seconds");
+        }
+        let mut cfg = scalewise_agent::spans::ReceiverConfig::new(self.otlp_listen.clone());
+        cfg.forward = self.traces_forward.clone();
+        cfg.insecure = self.otlp_insecure;
+        Ok(Some(scalewise_agent::spans::Spans::start(cfg)?))
+    }
 }
 
 fn seconds(s: f64) -> anyhow::Result<Duration> {
@@ -132,6 +174,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             quiet,
             reports,
             projection,
+            otlp,
         } => {
             let duration = seconds(duration)?;
             // Refuse a bad report request before sampling, not after.
@@ -150,11 +193,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 expvar_url,
                 ..GcOptions::default()
             };
-            let report = scalewise_agent::diagnose::run(
+            let spans = otlp.start()?;
+            let report = scalewise_agent::diagnose::run_with_spans(
                 cfg,
                 service,
                 duration,
                 &Thresholds::default(),
+                spans
+                    .as_ref()
+                    .map(|spans| scalewise_agent::diagnose::SpanSource {
+                        spans,
+                        flush_wait: Duration::from_secs_f64(otlp.otlp_flush_wait),
+                    }),
                 &mut |line| {
                     if !quiet {
                         eprintln!("{line}");

@@ -214,18 +214,33 @@ pub fn diagnose(service: &str, pids: &[u32], b: &Budget, t: &Thresholds) -> Diag
             0.0
         };
     // Components in request-seconds; local_wait is what is left of R.
-    let known = b.cpu_s + b.gc_s + cpu_wait_s + b.downstream_s();
-    let scale = if r > 0.0 && known > r { r / known } else { 1.0 };
+    let down = b.downstream_s();
+    let sampled = b.cpu_s + b.gc_s + cpu_wait_s;
+    let known = sampled + down;
+    // Spans measure downstream time exactly (client spans inside server spans); what overflows R
+    // then is the sampled side (an event loop's CPU for other requests overlaps this one's
+    // waits), so only that is scaled, into what the spans leave. Otherwise everything is.
+    let spans_exact = b.request_source == crate::budget::RequestSource::Spans && down <= r;
+    let (scale, down_scale) = if r > 0.0 && known > r {
+        if spans_exact && sampled > 0.0 {
+            ((r - down) / sampled, 1.0)
+        } else {
+            (r / known, r / known)
+        }
+    } else {
+        (1.0, 1.0)
+    };
     // A few percent over is sampling noise; beyond that the model does not fit and is said so.
     let normalised = r > 0.0 && known > r * 1.05;
     let share = |x: f64| if r > 0.0 { x * scale / r } else { 0.0 };
+    let down_share = |x: f64| if r > 0.0 { x * down_scale / r } else { 0.0 };
     let breakdown = Breakdown {
         cpu: share(b.cpu_s),
         gc: share(b.gc_s),
         cpu_wait: share(cpu_wait_s),
-        downstream: share(b.downstream_s()),
+        downstream: down_share(down),
         local_wait: if r > 0.0 {
-            ((r - known * scale) / r).max(0.0)
+            ((r - sampled * scale - down * down_scale) / r).max(0.0)
         } else {
             0.0
         },
@@ -237,7 +252,7 @@ pub fn diagnose(service: &str, pids: &[u32], b: &Budget, t: &Thresholds) -> Diag
             endpoint: endpoint.clone(),
             kind: d.kind.clone(),
             name: d.name.clone(),
-            share: share(d.awaiting_s),
+            share: down_share(d.awaiting_s),
         })
         .collect();
     dependencies.sort_by(|a, b| b.share.total_cmp(&a.share));
@@ -369,7 +384,13 @@ pub fn diagnose(service: &str, pids: &[u32], b: &Budget, t: &Thresholds) -> Diag
             per_window(b.gc_thread_cpu_s)
         ));
     }
-    if normalised {
+    if normalised && spans_exact {
+        evidence.push(format!(
+            "measured components exceed request time by {}: downstream time is exact (spans), so CPU, GC and run-queue delay were scaled into the {} of request time it leaves (an event loop's CPU for other requests overlaps this one's waits); confidence lowered",
+            pct(known / r - 1.0),
+            pct(1.0 - down / r)
+        ));
+    } else if normalised {
         evidence.push(format!(
             "measured components exceed request time by {}: parallel work inside requests or an underestimated in-flight count; shares normalised, confidence lowered",
             pct(known / r - 1.0)
@@ -595,6 +616,34 @@ mod tests {
         let sum = d.breakdown.cpu + d.breakdown.downstream + d.breakdown.local_wait;
         assert!((sum - 1.0).abs() < 1e-3);
         assert!(d.evidence.iter().any(|e| e.contains("normalised")));
+    }
+
+    #[test]
+    fn with_spans_exact_downstream_time_is_not_scaled_down() {
+        let mut b = base();
+        b.request_source = RequestSource::Spans;
+        b.cpu_s = 6.0;
+        b.cpu_wait_s = 2.0;
+        b.downstream.insert(
+            "127.0.0.1:8080".into(),
+            DependencyTime {
+                kind: "http".into(),
+                name: None,
+                awaiting_s: 36.0,
+            },
+        );
+        // 8 + 36 > 40: the sampled 8 share the 4 the spans leave.
+        let d = diagnose("s", &[1], &b, &Thresholds::default());
+        assert!((d.breakdown.downstream - 0.9).abs() < 1e-9, "{d:?}");
+        assert!((d.breakdown.cpu - 0.075).abs() < 1e-9, "{d:?}");
+        assert!((d.breakdown.cpu_wait - 0.025).abs() < 1e-9, "{d:?}");
+        assert_eq!(d.breakdown.local_wait, 0.0);
+        assert!((d.dependencies[0].share - 0.9).abs() < 1e-9);
+        assert!(d.evidence.iter().any(|e| e.contains("exact (spans)")));
+        // The same budget from sockets scales everything.
+        b.request_source = RequestSource::Sockets;
+        let d = diagnose("s", &[1], &b, &Thresholds::default());
+        assert!((d.breakdown.downstream - 36.0 / 44.0).abs() < 1e-3, "{d:?}");
     }
 
     #[test]

@@ -194,8 +194,18 @@ pub struct Service {
 
 impl Service {
     pub fn spawn(program: impl AsRef<Path>, args: &[&str]) -> anyhow::Result<Service> {
+        Service::spawn_env(program, args, &[])
+    }
+
+    /// [`Service::spawn`] with extra environment variables (an SDK's configuration).
+    pub fn spawn_env(
+        program: impl AsRef<Path>,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Service> {
         let mut child = Command::new(program.as_ref())
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
