@@ -14,6 +14,7 @@ pub mod diagnose;
 pub mod gc;
 pub mod procfs;
 pub mod render;
+pub mod run;
 pub mod session;
 pub mod sockdiag;
 

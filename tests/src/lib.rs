@@ -3,4 +3,5 @@
 //! loopback and stops them by pid.
 
 pub mod harness;
+pub mod receiver;
 pub mod workload;

@@ -55,6 +55,8 @@ struct Thread {
     /// The last syscall sample and the CPU time at which it was taken: a thread that has not
     /// run since cannot be in another state, so its sample is reused without a read.
     state: Option<(u64, Option<Blocked>)>,
+    /// The reading at the previous `read_schedstat`, for per-interval busy time.
+    mark: Schedstat,
 }
 
 /// Counters summed over the process's threads since the table was created.
@@ -65,6 +67,9 @@ pub struct ThreadTotals {
     pub app_delay_ns: u64,
     /// The thread with the most CPU + run-queue time, and that time.
     pub busiest: Option<(String, u64)>,
+    /// The thread with the most CPU + run-queue time since the previous `read_schedstat`, and
+    /// that time: summed over reads, the wire's `scalewise.thread.busiest.time`.
+    pub busiest_interval: Option<(String, u64)>,
     pub live_threads: usize,
 }
 
@@ -227,6 +232,7 @@ impl ThreadTable {
                     gc,
                     base,
                     last: base,
+                    mark: base,
                     state: None,
                 },
             );
@@ -263,7 +269,8 @@ impl ThreadTable {
             }
         }
         let mut totals = self.exited.clone();
-        for t in self.threads.values() {
+        totals.busiest_interval = None;
+        for t in self.threads.values_mut() {
             let cpu = t.last.on_cpu_ns.saturating_sub(t.base.on_cpu_ns);
             let delay = t.last.run_delay_ns.saturating_sub(t.base.run_delay_ns);
             if t.gc {
@@ -282,6 +289,18 @@ impl ThreadTable {
                     .map_or(true, |(_, b)| cpu + delay > *b)
             {
                 totals.busiest = Some((t.name.clone(), cpu + delay));
+            }
+            let busy_now = (t.last.on_cpu_ns + t.last.run_delay_ns)
+                .saturating_sub(t.mark.on_cpu_ns + t.mark.run_delay_ns);
+            t.mark = t.last;
+            if !t.gc
+                && !is_jit_thread(&t.name)
+                && totals
+                    .busiest_interval
+                    .as_ref()
+                    .map_or(true, |(_, b)| busy_now > *b)
+            {
+                totals.busiest_interval = Some((t.name.clone(), busy_now));
             }
         }
         totals.live_threads = self.threads.len();
