@@ -199,9 +199,36 @@ impl Receiver {
         Ok(r)
     }
 
+    /// A receiver listening on loopback inside the network namespace `/run/netns/NAME` (the
+    /// socket is bound from a thread that joined it; needs root).
+    pub fn start_in_netns(name: &str) -> anyhow::Result<Receiver> {
+        let ns = std::fs::File::open(format!("/run/netns/{name}"))?;
+        let listener = std::thread::spawn(move || -> anyhow::Result<std::net::TcpListener> {
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns on a valid namespace fd changes only this short-lived thread.
+            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                anyhow::bail!("setns: {}", std::io::Error::last_os_error());
+            }
+            Ok(std::net::TcpListener::bind("127.0.0.1:0")?)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("netns thread panicked"))??;
+        let mut r = Receiver {
+            port: 0,
+            state: Arc::default(),
+            server: None,
+        };
+        r.serve_on(listener)?;
+        Ok(r)
+    }
+
     fn serve(&mut self, port: u16) -> anyhow::Result<()> {
         let listener = std::net::TcpListener::bind(("127.0.0.1", port))
             .with_context(|| format!("binding the receiver on port {port}"))?;
+        self.serve_on(listener)
+    }
+
+    fn serve_on(&mut self, listener: std::net::TcpListener) -> anyhow::Result<()> {
         listener.set_nonblocking(true)?;
         let addr: SocketAddr = listener.local_addr()?;
         self.port = addr.port();
