@@ -524,14 +524,14 @@ mod tests {
 
     fn fake_proc(root: &Path, pid: u32, start: u64, comm: &str, cmdline: &str) {
         let dir = root.join(pid.to_string());
-        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&dir).expect("fixture");
         let stat = format!(
             "{pid} ({comm}) S 1 1 1 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 {start} 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0\n"
         );
-        std::fs::write(dir.join("stat"), stat).unwrap();
-        std::fs::write(dir.join("cmdline"), cmdline.replace(' ', "\0") + "\0").unwrap();
-        std::fs::write(dir.join("cgroup"), "0::/svc\n").unwrap();
-        std::fs::write(dir.join("environ"), "").unwrap();
+        std::fs::write(dir.join("stat"), stat).expect("fixture");
+        std::fs::write(dir.join("cmdline"), cmdline.replace(' ', "\0") + "\0").expect("fixture");
+        std::fs::write(dir.join("cgroup"), "0::/svc\n").expect("fixture");
+        std::fs::write(dir.join("environ"), "").expect("fixture");
     }
 
     #[test]
@@ -564,7 +564,7 @@ mod tests {
         // `--process` follows the command line: the new start is a new group member id.
         fake_proc(&root, 100, 5000, "api", "api --port 1");
         let mut d = Discovery::new(DiscoveryConfig {
-            selector: Selector::Process(vec![Regex::new("^api ").unwrap()]),
+            selector: Selector::Process(vec![Regex::new("^api ").expect("fixture")]),
             service: Some("orders".into()),
             all_namespaces: false,
             proc_root: root.clone(),
