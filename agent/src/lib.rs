@@ -17,6 +17,7 @@ pub mod render;
 pub mod run;
 pub mod session;
 pub mod sockdiag;
+pub mod tls;
 
 pub mod sampler {
     //! Samplers: each reads one kind of kernel signal about the service's processes.

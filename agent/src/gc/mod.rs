@@ -138,7 +138,7 @@ pub fn detect(
 
 /// A blocking HTTP GET of the service's own metrics endpoint (loopback or pod-local), bounded in
 /// time and body size. The client is the one the OTLP exporter brings (reqwest), kept for the
-/// process's life; it decodes gzip and chunked bodies. Call it from a plain thread, never from
+/// process's life; it decodes gzip and chunked bodies, and speaks HTTPS (rustls). Call it from a plain thread, never from
 /// inside an async runtime (the blocking client runs its own).
 pub fn http_get(url: &str, timeout: Duration, max_body: usize) -> Result<Vec<u8>, GcError> {
     use std::io::Read;
@@ -150,6 +150,7 @@ pub fn http_get(url: &str, timeout: Duration, max_body: usize) -> Result<Vec<u8>
     };
     let client = CLIENT
         .get_or_init(|| {
+            crate::tls::init();
             reqwest::blocking::Client::builder()
                 .no_proxy()
                 .connect_timeout(Duration::from_secs(2))

@@ -175,6 +175,7 @@ impl Exporter {
             }
             headers.insert("authorization".to_string(), format!("Bearer {token}"));
         }
+        crate::tls::init();
         let exporter = opentelemetry_otlp::MetricExporter::builder()
             .with_http()
             .with_endpoint(endpoint.clone())
