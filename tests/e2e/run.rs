@@ -9,7 +9,7 @@
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use scalewise_collector::engine::{diagnose, Thresholds};
 use scalewise_collector::Budget;
@@ -97,18 +97,16 @@ fn service_with_env(env: &[&str], args: &[&str]) -> Service {
     Service::spawn("env", &all).expect("service")
 }
 
-/// The snapshot of `instance` received closest to `at`.
-fn closest(snaps: &[Snapshot], service: &str, at: Instant) -> Snapshot {
+/// The snapshot of `service` taken (SDK collection time) closest to `at`.
+fn closest(snaps: &[Snapshot], service: &str, at: SystemTime) -> Snapshot {
+    let dist = |s: &Snapshot| match s.taken().duration_since(at) {
+        Ok(d) => d,
+        Err(e) => e.duration(),
+    };
     snaps
         .iter()
         .filter(|s| s.service() == service)
-        .min_by_key(|s| {
-            if s.received > at {
-                s.received - at
-            } else {
-                at - s.received
-            }
-        })
+        .min_by_key(|s| dist(s))
         .cloned()
         .expect("a snapshot of the service")
 }
@@ -141,19 +139,19 @@ fn compare_with_diagnose(
     diagnose_cmd: impl FnOnce(f64) -> serde_json::Value,
     duration_s: f64,
 ) {
-    let t0 = Instant::now();
     let d = diagnose_cmd(duration_s);
     let t1 = Instant::now();
+    let end = SystemTime::now();
     let snaps = receiver
         .wait_for(Duration::from_secs(15), |s| {
             s.iter()
                 .any(|s| s.service() == service && s.received > t1 + Duration::from_millis(300))
         })
         .expect("exports after the window");
-    // diagnose spends its first moments starting up: its window ends at t1.
-    let start = t1 - Duration::from_secs_f64(duration_s);
-    let s0 = closest(&snaps, service, start.max(t0));
-    let s1 = closest(&snaps, service, t1);
+    // diagnose's window: `window_s` seconds ending as it printed its report (just before t1).
+    let window_s = d["window_s"].as_f64().unwrap_or(duration_s);
+    let s0 = closest(&snaps, service, end - Duration::from_secs_f64(window_s));
+    let s1 = closest(&snaps, service, end);
     assert_eq!(s0.instance(), s1.instance(), "{label}: one instance");
     let window = s1.budget().since(&s0.budget()).expect("no reset");
     assert!(
@@ -326,8 +324,9 @@ fn one_agent_watches_two_services_named_by_their_environment() {
         .expect("both services");
     // Both windows at once, against two diagnoses over the same seconds.
     let (ap, bp) = (alpha.pid, beta.pid);
-    let da = std::thread::spawn(move || diagnose_json(&[ap], 8.0));
-    let db = std::thread::spawn(move || diagnose_json(&[bp], 8.0));
+    let timed =
+        |pid: u32| std::thread::spawn(move || (diagnose_json(&[pid], 8.0), SystemTime::now()));
+    let (da, db) = (timed(ap), timed(bp));
     let (da, db) = (da.join().expect("alpha"), db.join().expect("beta"));
     let t1 = Instant::now();
     let snaps = receiver
@@ -338,9 +337,10 @@ fn one_agent_watches_two_services_named_by_their_environment() {
                 >= 2
         })
         .expect("exports after the window");
-    for (name, pid, d) in [("alpha", ap, &da), ("beta", bp, &db)] {
-        let s0 = closest(&snaps, name, t1 - Duration::from_secs(8));
-        let s1 = closest(&snaps, name, t1);
+    for (name, pid, (d, end)) in [("alpha", ap, &da), ("beta", bp, &db)] {
+        let window_s = d["window_s"].as_f64().unwrap_or(8.0);
+        let s0 = closest(&snaps, name, *end - Duration::from_secs_f64(window_s));
+        let s1 = closest(&snaps, name, *end);
         let window = s1.budget().since(&s0.budget()).expect("no reset");
         assert_same(name, &window, name, &[pid], d);
     }
@@ -560,8 +560,10 @@ fn a_collector_outage_loses_nothing_and_memory_stays_flat() {
     // Cumulative counters: the first export after the outage covers it in full.
     let gap = after.received.duration_since(before.received).as_secs_f64();
     let covered = after.budget().since(&before.budget()).expect("no reset");
+    // (The export that lands first after the outage may carry a snapshot taken just before the
+    // collector came back: a couple of seconds of slack, never the outage itself.)
     assert!(
-        covered.window_s > outage_s && covered.window_s > gap - 3.0,
+        covered.window_s > outage_s - 3.0 && covered.window_s > gap - 3.0,
         "sampled {:.1}s over a {gap:.1}s gap",
         covered.window_s
     );

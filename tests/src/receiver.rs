@@ -58,6 +58,16 @@ impl Snapshot {
             .min()
             .unwrap_or(0)
     }
+    /// When the SDK collected the points (`time_unix_nano`), as a `SystemTime`.
+    pub fn taken(&self) -> std::time::SystemTime {
+        let ns = self
+            .points
+            .iter()
+            .map(|p| p.time_unix_nano)
+            .max()
+            .unwrap_or(0);
+        std::time::UNIX_EPOCH + Duration::from_nanos(ns)
+    }
     /// The cumulative budget, rebuilt with `wire::apply` (what the collector does).
     pub fn budget(&self) -> Budget {
         let mut b = Budget::default();
