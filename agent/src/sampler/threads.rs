@@ -465,6 +465,36 @@ mod tests {
         assert!(!t.refresh());
     }
 
+    /// The busiest thread of each interval between reads, not of the whole window: two threads
+    /// taking turns at being saturated add up (the wire's `scalewise.thread.busiest.time`).
+    #[test]
+    fn busiest_thread_per_interval() {
+        let root = std::env::temp_dir().join(format!("sw-busiest-{}", std::process::id()));
+        let task = root.join("90/task");
+        let write = |tid: u32, sched: &str| {
+            let d = task.join(tid.to_string());
+            std::fs::create_dir_all(&d).expect("mkdir");
+            std::fs::write(d.join("comm"), format!("w{tid}\n")).expect("comm");
+            std::fs::write(d.join("schedstat"), sched).expect("schedstat");
+        };
+        write(90, "0 0 0\n");
+        write(91, "0 0 0\n");
+        let mut t = ThreadTable::new(&root, 90);
+        assert!(t.refresh());
+        assert_eq!(t.read_schedstat().busiest_interval.map(|b| b.1), Some(0));
+        write(90, "900 100 1\n");
+        write(91, "200 0 1\n");
+        let first = t.read_schedstat();
+        assert_eq!(first.busiest_interval, Some(("w90".to_string(), 1000)));
+        write(90, "1000 100 2\n");
+        write(91, "1100 100 2\n");
+        let second = t.read_schedstat();
+        assert_eq!(second.busiest_interval, Some(("w91".to_string(), 1000)));
+        // The whole-window busiest is 1200 ns; the per-interval sum is 2000 ns.
+        assert_eq!(second.busiest.map(|b| b.1), Some(1200));
+        std::fs::remove_dir_all(&root).expect("rm");
+    }
+
     #[test]
     fn gc_thread_names() {
         for n in [
