@@ -16,6 +16,10 @@ use super::discovery::{instance_id, Discovery, Group};
 use super::netns::{has_cap_sys_admin, run_in_netns_of};
 use super::{InstanceMeta, InstanceView, Shared, Skipped};
 
+/// Service instances sampled at once; more are reported as skipped (`instance_limit`), never an
+/// unbounded set of sessions.
+pub const MAX_INSTANCES: usize = 256;
+
 struct Live {
     meta: Arc<InstanceMeta>,
     session: Session,
@@ -202,6 +206,16 @@ impl Sampler {
             if live.contains_key(&id) {
                 continue;
             }
+            if live.len() >= MAX_INSTANCES {
+                skipped_now.insert(
+                    format!("{}@netns:{}", g.service.name, g.netns),
+                    Skipped {
+                        service: g.service.name.clone(),
+                        reason: "instance_limit",
+                    },
+                );
+                continue;
+            }
             let pids: Vec<u32> = g.members.iter().map(|m| m.pid).collect();
             let mut cfg = self.template.clone();
             cfg.pids = pids.clone();
@@ -265,7 +279,12 @@ impl Sampler {
                 tracing::warn!(
                     service = %s.service,
                     reason = s.reason,
-                    "service in another network namespace skipped: its sockets can only be read from inside the namespace (setns needs CAP_SYS_ADMIN)"
+                    "service skipped: {}",
+                    if s.reason == "instance_limit" {
+                        "the agent already samples its maximum of service instances"
+                    } else {
+                        "it is in another network namespace, whose sockets can only be read from inside it (setns needs CAP_SYS_ADMIN)"
+                    }
                 );
             }
         }
