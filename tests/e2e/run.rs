@@ -256,8 +256,10 @@ fn run_exports_what_diagnose_sees_over_the_same_window() {
 #[test]
 fn a_service_of_two_processes_is_one_instance() {
     let _x = exclusive();
-    let a = Service::workload(&["serve", "--workers", "4", "--cpu-ms", "3"]).expect("a");
-    let b = Service::workload(&["serve", "--workers", "4", "--cpu-ms", "3"]).expect("b");
+    // CPU and lock waits, so the shares are a mix and the comparison means something.
+    let args = ["serve", "--workers", "4", "--cpu-ms", "1", "--lock-ms", "4"];
+    let a = Service::workload(&args).expect("a");
+    let b = Service::workload(&args).expect("b");
     let _la = Load::start(a.port, 2, 30.0, 1.0).expect("load a");
     let _lb = Load::start(b.port, 2, 30.0, 1.0).expect("load b");
     let receiver = Receiver::start().expect("receiver");
