@@ -218,7 +218,15 @@ pub struct Discovery {
     known: HashMap<ProcId, Known>,
     /// `--pid` targets as first seen.
     pinned: BTreeMap<u32, Option<u64>>,
+    /// Listening mode: per process start, whether it held a listener and at which scan.
+    fd_checks: HashMap<ProcId, (bool, u64)>,
+    netns_cache: HashMap<ProcId, u64>,
+    scans: u64,
 }
+
+/// Listening mode: a process seen without a listener is looked at again after this many
+/// discoveries (30 s at the default 5 s).
+pub const RECHECK_SCANS: u64 = 6;
 
 fn netns_of(p: &Process) -> u64 {
     p.namespaces()
@@ -249,6 +257,9 @@ impl Discovery {
             own_env,
             known: HashMap::new(),
             pinned,
+            fd_checks: HashMap::new(),
+            netns_cache: HashMap::new(),
+            scans: 0,
         }
     }
 
@@ -396,32 +407,51 @@ impl Discovery {
 
     /// Processes holding a listening TCP socket: in the agent's network namespace, or in every
     /// namespace with `all_namespaces` (each namespace's table read through one of its processes).
-    fn listening(&self) -> Vec<(ProcId, String, Process)> {
-        let mut procs: Vec<(u32, Process, u64)> = Vec::new();
+    ///
+    /// Walking every process's fd table is the costly part, so its answer is kept per process
+    /// start: a listener stays a target for its life, and a process without one is looked at
+    /// again only every [`RECHECK_SCANS`] discoveries.
+    fn listening(&mut self) -> Vec<(ProcId, String, Process)> {
+        self.scans += 1;
+        let mut procs: Vec<(ProcId, String, Process, u64)> = Vec::new();
         for pid in self.all_pids() {
             let Some(p) = self.process(pid) else { continue };
+            let Some((start, comm)) = start_of(&p) else {
+                continue;
+            };
+            let id = ProcId { pid, start };
             let netns = if self.cfg.all_namespaces {
-                netns_of(&p)
+                *self.netns_cache.entry(id).or_insert_with(|| netns_of(&p))
             } else {
                 self.own_netns
             };
-            procs.push((pid, p, netns));
+            procs.push((id, comm, p, netns));
         }
-        // Listening inodes per namespace.
-        let mut listeners: HashMap<u64, HashSet<u64>> = HashMap::new();
-        let tables: Vec<(u64, Option<&Process>)> = if self.cfg.all_namespaces {
-            let mut seen = HashMap::new();
-            for (_, p, ns) in &procs {
-                seen.entry(*ns).or_insert(p);
-            }
-            seen.into_iter().map(|(ns, p)| (ns, Some(p))).collect()
-        } else {
-            vec![(self.own_netns, None)]
+        let live: HashSet<ProcId> = procs.iter().map(|p| p.0).collect();
+        self.netns_cache.retain(|id, _| live.contains(id));
+        self.fd_checks.retain(|id, _| live.contains(id));
+        let scans = self.scans;
+        let due = |c: Option<&(bool, u64)>| match c {
+            None => true,
+            Some(&(listening, at)) => !listening && scans - at >= RECHECK_SCANS,
         };
+        // Listening inodes per namespace, read only where some process needs a look.
+        let mut listeners: HashMap<u64, HashSet<u64>> = HashMap::new();
+        let mut tables: HashMap<u64, &Process> = HashMap::new();
+        for (id, _, p, ns) in &procs {
+            if due(self.fd_checks.get(id)) {
+                tables.entry(*ns).or_insert(p);
+            }
+        }
         let own = self.process(self.own_pid);
         for (ns, p) in tables {
-            let Some(p) = p.or(own.as_ref()) else {
-                continue;
+            let p = if self.cfg.all_namespaces {
+                p
+            } else {
+                match own.as_ref() {
+                    Some(o) => o,
+                    None => continue,
+                }
             };
             let mut set = HashSet::new();
             for table in [p.tcp(), p.tcp6()].into_iter().flatten() {
@@ -432,23 +462,27 @@ impl Discovery {
                         .map(|e| e.inode),
                 );
             }
-            if !set.is_empty() {
-                listeners.insert(ns, set);
-            }
+            listeners.insert(ns, set);
         }
         let mut out = Vec::new();
-        for (pid, p, ns) in procs {
-            let Some(set) = listeners.get(&ns) else {
-                continue;
+        for (id, comm, p, ns) in procs {
+            let check = self.fd_checks.get(&id).copied();
+            let holds = if !due(check.as_ref()) {
+                check.is_some_and(|c| c.0)
+            } else {
+                let holds = listeners.get(&ns).is_some_and(|set| {
+                    !set.is_empty()
+                        && p.fd().is_ok_and(|fds| {
+                            fds.flatten().any(
+                                |fd| matches!(fd.target, FDTarget::Socket(inode) if set.contains(&inode)),
+                            )
+                        })
+                });
+                self.fd_checks.insert(id, (holds, scans));
+                holds
             };
-            let Ok(fds) = p.fd() else { continue };
-            let holds = fds
-                .flatten()
-                .any(|fd| matches!(fd.target, FDTarget::Socket(inode) if set.contains(&inode)));
             if holds {
-                if let Some((st, comm)) = start_of(&p) {
-                    out.push((ProcId { pid, start: st }, comm, p));
-                }
+                out.push((id, comm, p));
             }
         }
         out
