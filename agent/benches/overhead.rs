@@ -9,6 +9,9 @@
 //! `OVERHEAD_IDLE_MS`, default 10000; default: all active). With many connections the service
 //! serves them from `OVERHEAD_THREADS` threads polling their sockets, as event loops do, so the
 //! thread count stays what it says.
+//! `OVERHEAD_MODE` (`diagnose`, or `run`: the long-running agent exporting every 10 s to a
+//! minimal OTLP/HTTP sink in this process, stopped by SIGTERM after the window, last export
+//! included).
 //!
 //! The same executable plays three roles, chosen by `SW_BENCH_ROLE`: the bench itself, the
 //! watched service (thread per connection plus idle pool threads) and its client (a separate
@@ -147,6 +150,55 @@ fn client(port: u16, conns: u64, active: u64, think_ms: u64, idle_ms: u64) {
     }
 }
 
+/// A minimal HTTP sink standing in for the collector: reads each request (Content-Length
+/// bodies, keep-alive) and answers 200. Counts requests.
+fn sink(counter: std::sync::Arc<std::sync::atomic::AtomicU64>) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind sink");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(s) = stream else { continue };
+            let counter = counter.clone();
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                let mut w = match s.try_clone() {
+                    Ok(w) => w,
+                    Err(_) => return,
+                };
+                let mut r = std::io::BufReader::new(s);
+                loop {
+                    let mut len = 0usize;
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        if r.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let l = line.to_ascii_lowercase();
+                        if let Some(v) = l.strip_prefix("content-length:") {
+                            len = v.trim().parse().unwrap_or(0);
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    let mut body = vec![0u8; len];
+                    if r.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if w.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
 fn main() {
     let threads = env_u("OVERHEAD_THREADS", 500);
     let conns = env_u("OVERHEAD_CONNS", 200);
@@ -204,11 +256,27 @@ fn main() {
     let n_threads = std::fs::read_dir(format!("/proc/{}/task", svc.id()))
         .map(|d| d.count())
         .unwrap_or(0);
-    let start = Instant::now();
-    // Reaped by wait4 below, which is how its rusage is read.
-    #[allow(clippy::zombie_processes)]
-    let child = Command::new(&agent)
-        .args([
+    let run_mode = std::env::var("OVERHEAD_MODE").as_deref() == Ok("run");
+    let exports = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let interval_ms = std::env::var("OVERHEAD_INTERVAL_MS").unwrap_or_else(|_| "200".into());
+    let mut cmd = Command::new(&agent);
+    if run_mode {
+        let sink_port = sink(exports.clone());
+        cmd.args([
+            "run",
+            "--pid",
+            &svc.id().to_string(),
+            "--collector",
+            &format!("http://127.0.0.1:{sink_port}"),
+            "--export-interval",
+            "10",
+            "--sample-interval-ms",
+            &interval_ms,
+            "--log",
+            "warn",
+        ]);
+    } else {
+        cmd.args([
             "diagnose",
             "--pid",
             &svc.id().to_string(),
@@ -218,12 +286,19 @@ fn main() {
             "json",
             "--quiet",
             "--sample-interval-ms",
-            &std::env::var("OVERHEAD_INTERVAL_MS").unwrap_or_else(|_| "200".into()),
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn agent");
+            &interval_ms,
+        ]);
+    }
+    let start = Instant::now();
+    // Reaped by wait4 below, which is how its rusage is read.
+    #[allow(clippy::zombie_processes)]
+    let child = cmd.stdout(Stdio::piped()).spawn().expect("spawn agent");
     let pid = child.id() as libc::pid_t;
+    if run_mode {
+        std::thread::sleep(Duration::from_secs(seconds));
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
     let mut status = 0;
     // SAFETY: rusage is plain data filled in by wait4 for our own child.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
@@ -245,6 +320,12 @@ fn main() {
     }
     let report: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
     let d = &report["services"][0];
+    if run_mode {
+        println!(
+            "run mode: {} exports received by the sink",
+            exports.load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
     println!(
         "overhead: service threads {n_threads}, connections {conns} ({} active), window {wall:.1}s: agent CPU {cpu:.3}s = {:.2}% of one core, peak RSS {:.1} MiB; service: {} req/s, {} in flight",
         env_u("OVERHEAD_ACTIVE", conns).min(conns),

@@ -15,10 +15,12 @@ pub mod gc;
 pub mod procfs;
 pub mod render;
 pub mod report;
+pub mod run;
 pub mod runtime;
 pub mod session;
 pub mod sockdiag;
 pub mod spans;
+pub mod tls;
 
 pub mod sampler {
     //! Samplers: each reads one kind of kernel signal about the service's processes.

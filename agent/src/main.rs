@@ -25,9 +25,10 @@ use scalewise_collector::engine::Thresholds;
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
-    /// Log filter (tracing EnvFilter syntax), also read from RUST_LOG.
-    #[arg(long, global = true, env = "RUST_LOG", default_value = "warn")]
-    log: String,
+    /// Log filter (tracing EnvFilter syntax), also read from RUST_LOG [default: info for run,
+    /// warn otherwise].
+    #[arg(long, global = true, env = "RUST_LOG")]
+    log: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -92,6 +93,60 @@ enum Cmd {
     ///
     /// Example: scalewise-agent report --input diagnosis.json --target rust --format html --output report.html
     Report(scalewise_agent::report::ReportArgs),
+    /// Watch services indefinitely and stream their budget counters: OTLP to a collector,
+    /// Prometheus text to a scraper. The sidecar / per-host daemon.
+    ///
+    /// Targets (re-evaluated at each discovery): --pid (one service), --process REGEX (a service
+    /// that restarts under a new pid is picked up again), or neither: every process with a
+    /// listening TCP socket in the agent's network namespace (the sidecar default with
+    /// shareProcessNamespace: true), grouped into services by cgroup and name; add
+    /// --all-namespaces on a host to reach every network namespace (needs CAP_SYS_ADMIN for
+    /// setns; without it, services in other namespaces are reported as skipped).
+    ///
+    /// Service name: --service, else the target's OTEL_SERVICE_NAME or service.name in
+    /// OTEL_RESOURCE_ATTRIBUTES, else its command name. Kubernetes attributes come from the
+    /// downward-API variables (K8S_POD_NAME/POD_NAME, K8S_NAMESPACE/POD_NAMESPACE,
+    /// K8S_NODE_NAME/NODE_NAME) of the target or the agent.
+    ///
+    /// Example: scalewise-agent run --process 'gunicorn' --collector http://collector:4318
+    Run {
+        /// A process of the service; repeat for a service made of several processes.
+        #[arg(long = "pid", value_name = "PID", conflicts_with = "processes")]
+        pids: Vec<u32>,
+        /// Watch processes whose command line matches this regex (repeatable).
+        #[arg(long = "process", value_name = "REGEX")]
+        processes: Vec<String>,
+        /// Service name for every target (default: from the target's environment, else its
+        /// command name).
+        #[arg(long)]
+        service: Option<String>,
+        /// Also watch services in other network namespaces (per-host mode; needs CAP_SYS_ADMIN).
+        #[arg(long)]
+        all_namespaces: bool,
+        /// The collector's base URL, e.g. http://collector:4318 (OTLP/HTTP protobuf, gzip, to
+        /// URL/v1/metrics).
+        #[arg(long, value_name = "URL")]
+        collector: Option<String>,
+        /// A file holding a bearer token for the collector.
+        #[arg(long, value_name = "FILE", requires = "collector")]
+        collector_token_file: Option<std::path::PathBuf>,
+        /// Seconds between exports.
+        #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+        export_interval: f64,
+        /// Serve Prometheus metrics (budget counters and the agent's own) on ADDR/metrics,
+        /// e.g. 127.0.0.1:9464.
+        #[arg(long, value_name = "ADDR")]
+        metrics_listen: Option<std::net::SocketAddr>,
+        /// Seconds between target discoveries (new processes, exits, restarts).
+        #[arg(long, default_value_t = 5.0, value_name = "SECONDS")]
+        discovery_interval: f64,
+        /// Name a downstream endpoint: ADDR:PORT=NAME[:KIND], e.g. 10.0.0.5:5432=orders-db.
+        #[arg(long = "dependency", value_name = "ADDR:PORT=NAME")]
+        dependencies: Vec<DependencySpec>,
+        /// Socket sampling interval in milliseconds.
+        #[arg(long, default_value_t = 200, value_name = "MS")]
+        sample_interval_ms: u64,
+    },
     /// Start sample services (CPU-bound, slow downstream, lock-contended), load them, diagnose
     /// each and compare with the ground truth they record about themselves.
     Demo {
@@ -235,6 +290,75 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         },
+        Cmd::Run {
+            pids,
+            processes,
+            service,
+            all_namespaces,
+            collector,
+            collector_token_file,
+            export_interval,
+            metrics_listen,
+            discovery_interval,
+            dependencies,
+            sample_interval_ms,
+        } => {
+            use scalewise_agent::run::discovery::{DiscoveryConfig, Selector};
+            if collector.is_none() && metrics_listen.is_none() {
+                anyhow::bail!("run needs --collector URL or --metrics-listen ADDR (or both)");
+            }
+            if let Some(url) = &collector {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    anyhow::bail!("--collector must be an http:// or https:// URL, got {url}");
+                }
+            }
+            let interval = |flag: &str, s: f64| {
+                if s.is_finite() && (0.5..=3600.0).contains(&s) {
+                    Ok(Duration::from_secs_f64(s))
+                } else {
+                    Err(anyhow::anyhow!(
+                        "{flag} must be between 0.5 and 3600 seconds, got {s}"
+                    ))
+                }
+            };
+            let export_interval = interval("--export-interval", export_interval)?;
+            let target_interval = interval("--discovery-interval", discovery_interval)?;
+            if !(10..=10_000).contains(&sample_interval_ms) {
+                anyhow::bail!("--sample-interval-ms must be between 10 and 10000");
+            }
+            let selector = if !pids.is_empty() {
+                Selector::Pids(pids)
+            } else if !processes.is_empty() {
+                let mut regexes = Vec::new();
+                for p in &processes {
+                    regexes.push(
+                        regex::Regex::new(p)
+                            .map_err(|e| anyhow::anyhow!("--process {p:?}: {e}"))?,
+                    );
+                }
+                Selector::Process(regexes)
+            } else {
+                Selector::Listening
+            };
+            let mut session = SessionConfig::new(Vec::new());
+            session.sample_interval = Duration::from_millis(sample_interval_ms);
+            session.dependencies = dependencies;
+            let cfg = scalewise_agent::run::RunConfig {
+                discovery: DiscoveryConfig {
+                    selector,
+                    service,
+                    all_namespaces,
+                    proc_root: session.proc_root.clone(),
+                },
+                session,
+                target_interval,
+                collector,
+                collector_token_file,
+                export_interval,
+                metrics_listen,
+            };
+            scalewise_agent::run::run(cfg)?;
+        }
         Cmd::Demo { duration, format } => {
             let duration = seconds(duration)?;
             let cases = scalewise_agent::demo::run(duration, &mut |line| eprintln!("{line}"))?;
@@ -259,7 +383,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+    let default_log = match cli.command {
+        Cmd::Run { .. } => "info",
+        _ => "warn",
+    };
+    let log = cli.log.clone().unwrap_or_else(|| default_log.to_string());
+    let filter = tracing_subscriber::EnvFilter::try_new(&log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)

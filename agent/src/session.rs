@@ -470,6 +470,7 @@ impl Session {
         let (mut loop_cpu_ns, mut loop_delay_ns) = (0u64, 0u64);
         let mut ticks = 0u64;
         let mut busiest: Option<(String, u64)> = None;
+        let mut busiest_interval: Option<(String, u64)> = None;
         let mut threads = 0;
         let mut alive = 0;
         for t in self.targets.iter_mut() {
@@ -486,6 +487,11 @@ impl Session {
                     busiest = Some((format!("{name} (pid {})", t.pid), b));
                 }
             }
+            if let Some((name, b)) = totals.busiest_interval {
+                if busiest_interval.as_ref().map_or(true, |(_, x)| b > *x) {
+                    busiest_interval = Some((format!("{name} (pid {})", t.pid), b));
+                }
+            }
             if t.alive {
                 alive += 1;
             }
@@ -500,8 +506,12 @@ impl Session {
         self.budget.cpu_wait_s = delay_ns as f64 / 1e9;
         self.budget.loop_cpu_s = loop_cpu_ns as f64 / 1e9;
         self.budget.loop_delay_s = loop_delay_ns as f64 / 1e9;
-        if let Some((name, busy)) = busiest {
-            self.budget.busiest_thread_busy_s = busy as f64 / 1e9;
+        // The wire's `scalewise.thread.busiest.time`: the busiest thread of each interval
+        // between reads, summed (a counter, so windows are differences); named after the latest.
+        if let Some((name, busy)) = busiest_interval {
+            self.budget.busiest_thread_busy_s += busy as f64 / 1e9;
+            self.budget.busiest_thread = Some(name);
+        } else if let Some((name, _)) = busiest {
             self.budget.busiest_thread = Some(name);
         }
         self.progress.threads = threads;
@@ -628,6 +638,50 @@ impl Session {
 
     pub fn budget(&self) -> &Budget {
         &self.budget
+    }
+
+    /// The budget so far without ending the session: the slow counters are read now (as at a
+    /// discovery) and the notes attached. What the long-running `run` exports at each interval.
+    pub fn snapshot(&mut self, now: Instant) -> Budget {
+        self.read_counters(now, false);
+        let mut b = self.budget.clone();
+        b.notes = self.notes.clone();
+        if self.targets.iter().any(|t| t.threads.syscall_denied) {
+            b.notes.push("thread states unreadable (/proc/PID/task/TID/syscall needs CAP_SYS_PTRACE, or the same uid with kernel.yama.ptrace_scope=0): ties within a kernel tick counted half, lock waits not corroborated".to_string());
+        }
+        b
+    }
+
+    /// Sampler errors so far, the thread table's included, without changing [`Session::errors`].
+    pub fn error_counts(&self) -> ErrorCounts {
+        let mut errors = self.errors.clone();
+        for t in &self.targets {
+            for (kind, n) in [
+                ("permission_denied", t.threads.errors.permission_denied),
+                ("malformed", t.threads.errors.malformed),
+            ] {
+                if n > 0 {
+                    *errors.entry(("threads", kind)).or_default() += n;
+                }
+            }
+        }
+        errors
+    }
+
+    /// Resident memory of the live processes, from `/proc/PID/statm` (pages × page size).
+    pub fn rss_bytes(&self) -> u64 {
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
+        self.targets
+            .iter()
+            .filter(|t| t.alive)
+            .filter_map(|t| {
+                let path = self.cfg.proc_root.join(t.pid.to_string()).join("statm");
+                let text = std::fs::read_to_string(path).ok()?;
+                text.split_whitespace().nth(1)?.parse::<u64>().ok()
+            })
+            .sum::<u64>()
+            * page
     }
 }
 

@@ -4,4 +4,5 @@
 
 pub mod harness;
 pub mod prometheus;
+pub mod receiver;
 pub mod workload;

@@ -136,89 +136,46 @@ pub fn detect(
     (None, notes)
 }
 
-/// A minimal blocking HTTP GET for `http://host:port/path` with timeouts and a body cap, for
-/// the service's own metrics endpoints (loopback or pod-local).
+/// A blocking HTTP GET of the service's own metrics endpoint (loopback or pod-local), bounded in
+/// time and body size. The client is the one the OTLP exporter brings (reqwest), kept for the
+/// process's life; it decodes gzip and chunked bodies, and speaks HTTPS (rustls). Call it from a plain thread, never from
+/// inside an async runtime (the blocking client runs its own).
 pub fn http_get(url: &str, timeout: Duration, max_body: usize) -> Result<Vec<u8>, GcError> {
-    use std::io::{Read, Write};
+    use std::io::Read;
+    static CLIENT: std::sync::OnceLock<Result<reqwest::blocking::Client, String>> =
+        std::sync::OnceLock::new();
     let err = |why: String| GcError::Http {
         url: url.to_string(),
         why,
     };
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| err("only http:// URLs are supported".into()))?;
-    let (hostport, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let addr = std::net::ToSocketAddrs::to_socket_addrs(hostport)
-        .map_err(|e| err(e.to_string()))?
-        .next()
-        .ok_or_else(|| err("no address".into()))?;
-    let mut s =
-        std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| err(e.to_string()))?;
-    s.set_read_timeout(Some(timeout))
-        .map_err(|e| err(e.to_string()))?;
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {hostport}\r\nAccept: text/plain\r\nConnection: close\r\n\r\n")
-            .as_bytes(),
-    )
-    .map_err(|e| err(e.to_string()))?;
-    let mut buf = Vec::new();
-    s.take(max_body as u64 + 16 * 1024)
-        .read_to_end(&mut buf)
-        .map_err(|e| err(e.to_string()))?;
-    let split = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| err("no HTTP header end".into()))?;
-    let head = String::from_utf8_lossy(&buf[..split]);
-    let status = head.split_whitespace().nth(1).unwrap_or("");
-    if status != "200" {
-        return Err(err(format!("HTTP status {status}")));
+    let client = CLIENT
+        .get_or_init(|| {
+            crate::tls::init();
+            reqwest::blocking::Client::builder()
+                .no_proxy()
+                .connect_timeout(Duration::from_secs(2))
+                .redirect(reqwest::redirect::Policy::limited(3))
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| err(e.clone()))?;
+    let resp = client
+        .get(url)
+        .header("accept", "text/plain")
+        .timeout(timeout)
+        .send()
+        .map_err(|e| err(e.without_url().to_string()))?;
+    let status = resp.status();
+    if status != reqwest::StatusCode::OK {
+        return Err(err(format!("HTTP status {}", status.as_u16())));
     }
-    let mut body = buf[split + 4..].to_vec();
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        body = dechunk(&body).ok_or_else(|| err("malformed chunked body".into()))?;
-    }
+    let mut body = Vec::new();
+    resp.take(max_body as u64 + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| err(e.to_string()))?;
     if body.len() > max_body {
         return Err(err(format!("body larger than {max_body} bytes")));
     }
     Ok(body)
-}
-
-/// Decodes an HTTP/1.1 chunked body (Go's net/http sends larger responses this way).
-pub fn dechunk(mut raw: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = raw.windows(2).position(|w| w == b"\r\n")?;
-        let size_text = std::str::from_utf8(&raw[..line_end]).ok()?;
-        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
-        raw = &raw[line_end + 2..];
-        if size == 0 {
-            return Some(out);
-        }
-        out.extend_from_slice(raw.get(..size)?);
-        raw = raw.get(size..)?.strip_prefix(b"\r\n")?;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::dechunk;
-
-    #[test]
-    fn chunked_bodies() {
-        assert_eq!(
-            dechunk(b"4\r\nWiki\r\n5;x=y\r\npedia\r\n0\r\n\r\n").as_deref(),
-            Some(&b"Wikipedia"[..])
-        );
-        assert_eq!(dechunk(b"ff\r\nshort"), None);
-        assert_eq!(dechunk(b"zz\r\n"), None);
-        assert_eq!(dechunk(b""), None);
-        assert_eq!(dechunk(b"ffffffffffffffffffff\r\n"), None);
-    }
 }

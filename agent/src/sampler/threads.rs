@@ -57,6 +57,8 @@ struct Thread {
     state: Option<(u64, Option<Blocked>)>,
     /// Seen waiting in epoll/select: an event-loop thread, which reads the connections itself.
     event_loop: bool,
+    /// The reading at the previous `read_schedstat`, for per-interval busy time.
+    mark: Schedstat,
 }
 
 /// Counters summed over the process's threads since the table was created.
@@ -70,6 +72,9 @@ pub struct ThreadTotals {
     pub loop_delay_ns: u64,
     /// The thread with the most CPU + run-queue time, and that time.
     pub busiest: Option<(String, u64)>,
+    /// The thread with the most CPU + run-queue time since the previous `read_schedstat`, and
+    /// that time: summed over reads, the wire's `scalewise.thread.busiest.time`.
+    pub busiest_interval: Option<(String, u64)>,
     pub live_threads: usize,
 }
 
@@ -234,6 +239,7 @@ impl ThreadTable {
                     gc,
                     base,
                     last: base,
+                    mark: base,
                     state: None,
                     event_loop: false,
                 },
@@ -275,7 +281,8 @@ impl ThreadTable {
             }
         }
         let mut totals = self.exited.clone();
-        for t in self.threads.values() {
+        totals.busiest_interval = None;
+        for t in self.threads.values_mut() {
             let cpu = t.last.on_cpu_ns.saturating_sub(t.base.on_cpu_ns);
             let delay = t.last.run_delay_ns.saturating_sub(t.base.run_delay_ns);
             if t.gc {
@@ -298,6 +305,18 @@ impl ThreadTable {
                     .map_or(true, |(_, b)| cpu + delay > *b)
             {
                 totals.busiest = Some((t.name.clone(), cpu + delay));
+            }
+            let busy_now = (t.last.on_cpu_ns + t.last.run_delay_ns)
+                .saturating_sub(t.mark.on_cpu_ns + t.mark.run_delay_ns);
+            t.mark = t.last;
+            if !t.gc
+                && !is_jit_thread(&t.name)
+                && totals
+                    .busiest_interval
+                    .as_ref()
+                    .map_or(true, |(_, b)| busy_now > *b)
+            {
+                totals.busiest_interval = Some((t.name.clone(), busy_now));
             }
         }
         totals.live_threads = self.threads.len();
@@ -471,6 +490,36 @@ mod tests {
         // The whole process goes away.
         std::fs::remove_dir_all(&root).expect("rm");
         assert!(!t.refresh());
+    }
+
+    /// The busiest thread of each interval between reads, not of the whole window: two threads
+    /// taking turns at being saturated add up (the wire's `scalewise.thread.busiest.time`).
+    #[test]
+    fn busiest_thread_per_interval() {
+        let root = std::env::temp_dir().join(format!("sw-busiest-{}", std::process::id()));
+        let task = root.join("90/task");
+        let write = |tid: u32, sched: &str| {
+            let d = task.join(tid.to_string());
+            std::fs::create_dir_all(&d).expect("mkdir");
+            std::fs::write(d.join("comm"), format!("w{tid}\n")).expect("comm");
+            std::fs::write(d.join("schedstat"), sched).expect("schedstat");
+        };
+        write(90, "0 0 0\n");
+        write(91, "0 0 0\n");
+        let mut t = ThreadTable::new(&root, 90);
+        assert!(t.refresh());
+        assert_eq!(t.read_schedstat().busiest_interval.map(|b| b.1), Some(0));
+        write(90, "900 100 1\n");
+        write(91, "200 0 1\n");
+        let first = t.read_schedstat();
+        assert_eq!(first.busiest_interval, Some(("w90".to_string(), 1000)));
+        write(90, "1000 100 2\n");
+        write(91, "1100 100 2\n");
+        let second = t.read_schedstat();
+        assert_eq!(second.busiest_interval, Some(("w91".to_string(), 1000)));
+        // The whole-window busiest is 1200 ns; the per-interval sum is 2000 ns.
+        assert_eq!(second.busiest.map(|b| b.1), Some(1200));
+        std::fs::remove_dir_all(&root).expect("rm");
     }
 
     #[test]
