@@ -26,6 +26,7 @@ pub struct Telemetry {
     pub overflow: IntCounterVec,
     pub services: IntGauge,
     pub instances: IntGauge,
+    pub pending: IntGauge,
     pub sqlite_write: Histogram,
 }
 
@@ -79,6 +80,11 @@ impl Telemetry {
             .unwrap_or_else(|_| unreachable_metric("services"));
         let instances = IntGauge::new("scalewise_collector_instances", "Instances tracked.")
             .unwrap_or_else(|_| unreachable_metric("instances"));
+        let pending = IntGauge::new(
+            "scalewise_collector_pending_snapshots",
+            "Snapshots received and not yet written to SQLite.",
+        )
+        .unwrap_or_else(|_| unreachable_metric("pending"));
         let sqlite_write = Histogram::with_opts(
             HistogramOpts::new(
                 "scalewise_collector_sqlite_write_seconds",
@@ -90,6 +96,7 @@ impl Telemetry {
         for c in [
             Box::new(services.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(instances.clone()),
+            Box::new(pending.clone()),
             Box::new(sqlite_write.clone()),
         ] {
             let _ = registry.register(c);
@@ -109,6 +116,7 @@ impl Telemetry {
             overflow,
             services,
             instances,
+            pending,
             sqlite_write,
         }
     }

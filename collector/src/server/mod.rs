@@ -231,6 +231,7 @@ impl App {
             }
             t.services.set(mem.services.len() as i64);
             t.instances.set(mem.instance_count() as i64);
+            t.pending.set(mem.pending.len() as i64);
         }
         if cut > 0 {
             t.overflow.with_label_values(&["label_length"]).inc_by(cut);
@@ -279,6 +280,9 @@ impl App {
             }
             return Err(e);
         }
+        // Only now is what was pending durable.
+        let left = lock(&self.mem).pending.len();
+        self.telemetry.pending.set(left as i64);
         Ok(snaps.len())
     }
 

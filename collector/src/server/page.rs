@@ -162,9 +162,9 @@ pub fn fleet(services: &[(ServiceView, ServiceSummary)], window_ms: i64, now_ms:
     let mut s = head("scalewise: fleet");
     let _ = write!(
         s,
-        "<p class=\"muted\">{} services; verdicts over the last {}s. {}</p>",
+        "<p class=\"muted\">{} services; verdicts over the last {}. {}</p>",
         services.len(),
-        window_ms / 1000,
+        super::config::Dur(u64::try_from(window_ms).unwrap_or(0)),
         legend()
     );
     s.push_str(
