@@ -160,8 +160,15 @@ fn push_gauge(f: &mut MetricFamily, pairs: &[(&str, &str)], v: f64) {
     f.mut_metric().push(m);
 }
 
-/// Fixed counters re-exported per instance: (slot, Prometheus name, help, extra label).
-const COUNTERS: &[(usize, &str, &str, Option<(&str, &str)>)] = &[
+/// A fixed counter re-exported per instance: (slot, Prometheus name, help, extra label).
+type CounterDef = (
+    usize,
+    &'static str,
+    &'static str,
+    Option<(&'static str, &'static str)>,
+);
+
+const COUNTERS: &[CounterDef] = &[
     (
         slot::SAMPLED,
         "scalewise_sampled_seconds_total",
@@ -481,7 +488,7 @@ pub fn render(app: &App, now_ms: i64) -> Vec<u8> {
     // The text format forbids empty families' headers without samples in some parsers.
     fams.retain(|f| !f.get_metric().is_empty());
     let mut buf = Vec::default();
-    if let Err(e) = TextEncoder::default().encode(&fams, &mut buf) {
+    if let Err(e) = TextEncoder::new().encode(&fams, &mut buf) {
         tracing::warn!(%e, "encoding /metrics");
     }
     buf

@@ -134,40 +134,47 @@ async fn otlp_http(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) 
     }
 }
 
+/// A 4xx or 5xx answer, built late so results stay small.
+struct Refusal(StatusCode, String);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        error(self.0, self.1)
+    }
+}
+
 /// `window` (and `step`) from the query: `20s`, `5m`, `1h` or seconds.
-fn window_param(q: &HashMap<String, String>, key: &str, default_ms: i64) -> Result<i64, Response> {
+fn window_param(q: &HashMap<String, String>, key: &str, default_ms: i64) -> Result<i64, Refusal> {
     match q.get(key) {
         None => Ok(default_ms),
         Some(w) => match parse_duration(w) {
             Ok(d) if d.ms() <= MAX_WINDOW_MS && d.ms() >= 1000 => Ok(d.ms()),
-            Ok(_) => Err(error(
+            Ok(_) => Err(Refusal(
                 StatusCode::BAD_REQUEST,
                 format!("{key} must be between 1s and 90d"),
             )),
-            Err(e) => Err(error(StatusCode::BAD_REQUEST, format!("{key}: {e}"))),
+            Err(e) => Err(Refusal(StatusCode::BAD_REQUEST, format!("{key}: {e}"))),
         },
     }
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, Response> {
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Refusal> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+        .map_err(|e| Refusal(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
 async fn list(State(app): State<Arc<App>>, Query(q): Query<HashMap<String, String>>) -> Response {
     let window = match window_param(&q, "window", DEFAULT_WINDOW_MS) {
         Ok(w) => w,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     match blocking(move || app.summaries(window, now_ms())).await {
         Ok(s) => {
             let services: Vec<_> = s.into_iter().map(|(_, s)| s).collect();
             Json(serde_json::json!({ "services": services })).into_response()
         }
-        Err(r) => r,
+        Err(r) => r.into_response(),
     }
 }
 
@@ -188,13 +195,13 @@ async fn one(
 ) -> Response {
     let window = match window_param(&q, "window", DEFAULT_WINDOW_MS) {
         Ok(w) => w,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let name = service.clone();
     match blocking(move || app.service_view(&name, window, now_ms())).await {
         Ok(Some(v)) => Json(v).into_response(),
         Ok(None) => unknown(&service),
-        Err(r) => r,
+        Err(r) => r.into_response(),
     }
 }
 
@@ -205,11 +212,11 @@ async fn history(
 ) -> Response {
     let window = match window_param(&q, "window", 3_600_000) {
         Ok(w) => w,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let step = match window_param(&q, "step", (window / 60).max(1000)) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     if window / step > 2000 {
         return error(StatusCode::BAD_REQUEST, "at most 2000 steps per window");
@@ -218,7 +225,7 @@ async fn history(
     match blocking(move || app.history(&name, window, step, now_ms())).await {
         Ok(Some(h)) => Json(h).into_response(),
         Ok(None) => unknown(&service),
-        Err(r) => r,
+        Err(r) => r.into_response(),
     }
 }
 
@@ -232,7 +239,7 @@ async fn prometheus(State(app): State<Arc<App>>) -> Response {
             body,
         )
             .into_response(),
-        Err(r) => r,
+        Err(r) => r.into_response(),
     }
 }
 
@@ -245,7 +252,7 @@ async fn fleet_page(State(app): State<Arc<App>>) -> Response {
     .await
     {
         Ok(html) => Html(html).into_response(),
-        Err(r) => r,
+        Err(r) => r.into_response(),
     }
 }
 
@@ -256,7 +263,7 @@ async fn service_page(
 ) -> Response {
     let window = match window_param(&q, "window", 3_600_000) {
         Ok(w) => w,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let name = service.clone();
     let current = app.config.metrics_window.ms();
@@ -270,6 +277,6 @@ async fn service_page(
     match r {
         Ok(Some(html)) => Html(html).into_response(),
         Ok(None) => (StatusCode::NOT_FOUND, Html(page::not_found(&service))).into_response(),
-        Err(r) => r,
+        Err(r) => r.into_response(),
     }
 }
