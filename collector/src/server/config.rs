@@ -172,6 +172,9 @@ pub struct Config {
     /// How much of each instance's recent snapshots is kept in memory; older windows are read
     /// from SQLite.
     pub memory_retention: Dur,
+    /// In memory, snapshots older than two minutes are thinned to one per this step (SQLite keeps
+    /// full resolution for an hour and serves single-service windows reaching that far back).
+    pub memory_resolution: Dur,
     /// An instance that sent nothing for this long is forgotten from memory (its history stays).
     pub instance_ttl: Dur,
     pub limits: Limits,
@@ -189,6 +192,7 @@ impl Default for Config {
             flush_interval: Dur::secs(5),
             metrics_window: Dur::secs(300),
             memory_retention: Dur::secs(600),
+            memory_resolution: Dur::secs(30),
             instance_ttl: Dur::secs(3600),
             limits: Limits::default(),
             retention: Retention::default(),

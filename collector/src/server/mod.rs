@@ -140,6 +140,11 @@ pub struct History {
     pub points: Vec<HistoryPoint>,
 }
 
+/// Memory keeps every snapshot of the last two minutes; older ones are thinned to
+/// `memory_resolution`. Single-service answers read SQLite (full resolution for an hour) for
+/// anything older, so only the fleet-wide summaries see thinned edges.
+const FULL_RESOLUTION_MS: i64 = 120_000;
+
 /// An instance's snapshots for a query, with what they mean.
 type Series = Vec<(StoredMeta, Vec<Snapshot>)>;
 
@@ -293,28 +298,40 @@ impl App {
             mem.prune(
                 now_ms - self.config.memory_retention.ms(),
                 now_ms - self.config.instance_ttl.ms(),
+                now_ms - FULL_RESOLUTION_MS,
+                self.config.memory_resolution.ms(),
             );
         }
         self.update_gauges();
         lock(&self.db).downsample(now_ms, &self.config.retention)
     }
 
-    /// How far back SQLite is read before a window's start, for its baseline snapshot.
-    fn lookback_ms(&self) -> i64 {
-        let coarsest = self
+    /// How far back SQLite is read before a window starting at `from_ms`, for its baseline
+    /// snapshot: the store's resolution at that age, plus five minutes of export gaps.
+    fn lookback_ms(&self, from_ms: i64, now_ms: i64) -> i64 {
+        let age = now_ms - from_ms;
+        let resolution = self
             .config
             .retention
             .tiers
             .iter()
+            .filter(|t| t.older_than.ms() <= age + 300_000)
             .map(|t| t.resolution.ms())
             .max()
             .unwrap_or(0);
-        coarsest + 15 * 60_000
+        resolution + 300_000
     }
 
     /// The snapshots of `service` a window `(from_ms, to_ms]` needs; `None` if the service is
     /// unknown.
-    fn series(&self, service: &str, from_ms: i64, to_ms: i64, now_ms: i64) -> Option<Series> {
+    fn series(
+        &self,
+        service: &str,
+        from_ms: i64,
+        to_ms: i64,
+        now_ms: i64,
+        exact: bool,
+    ) -> Option<Series> {
         let mut by_instance: BTreeMap<String, (StoredMeta, Vec<Snapshot>)> = BTreeMap::new();
         {
             let mem = lock(&self.mem);
@@ -327,9 +344,14 @@ impl App {
                 }
             }
         }
-        if from_ms < now_ms - self.config.memory_retention.ms() {
+        let memory_from = if exact {
+            now_ms - FULL_RESOLUTION_MS
+        } else {
+            now_ms - self.config.memory_retention.ms()
+        };
+        if from_ms < memory_from {
             let stored = lock(&self.db)
-                .service_series(service, from_ms - self.lookback_ms(), to_ms)
+                .service_series(service, from_ms - self.lookback_ms(from_ms, now_ms), to_ms)
                 .unwrap_or_else(|e| {
                     tracing::warn!(%e, "reading history");
                     Vec::new()
@@ -381,8 +403,12 @@ impl App {
 
     /// The diagnosis of `service` over the last `window_ms` before `now_ms`.
     pub fn service_view(&self, service: &str, window_ms: i64, now_ms: i64) -> Option<ServiceView> {
+        self.view(service, window_ms, now_ms, true)
+    }
+
+    fn view(&self, service: &str, window_ms: i64, now_ms: i64, exact: bool) -> Option<ServiceView> {
         let from = now_ms - window_ms;
-        let series = self.series(service, from, now_ms, now_ms)?;
+        let series = self.series(service, from, now_ms, now_ms, exact)?;
         let (diagnosis, views) = self.diagnose_series(service, &series, from, now_ms);
         let last_seen = series
             .iter()
@@ -409,7 +435,7 @@ impl App {
         names
             .into_iter()
             .filter_map(|name| {
-                let v = self.service_view(&name, window_ms, now_ms)?;
+                let v = self.view(&name, window_ms, now_ms, false)?;
                 let s = ServiceSummary {
                     service: name,
                     verdict: v.diagnosis.verdict,
@@ -436,7 +462,7 @@ impl App {
         now_ms: i64,
     ) -> Option<History> {
         let from = now_ms - window_ms;
-        let series = self.series(service, from, now_ms, now_ms)?;
+        let series = self.series(service, from, now_ms, now_ms, true)?;
         let steps = (window_ms / step_ms.max(1)).clamp(1, 2000);
         let mut points = Vec::new();
         for k in 0..steps {

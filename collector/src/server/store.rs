@@ -171,6 +171,8 @@ impl Memory {
             };
             snap.set(idx, value);
         }
+        // Exact size: thousands of instances keep dozens of these each.
+        snap.vals.shrink_to_fit();
         if dropped_deps > 0 {
             out.overflow.push((Overflow::Dependencies, dropped_deps));
         }
@@ -189,13 +191,40 @@ impl Memory {
 
     /// Forgets snapshots older than `keep_from_ms` (keeping the last one before it, the baseline
     /// of a window starting there) and instances silent since `forget_before_ms`.
-    pub fn prune(&mut self, keep_from_ms: i64, forget_before_ms: i64) {
+    ///
+    /// Snapshots older than `thin_before_ms` are thinned to one per `resolution_ms` (the last of
+    /// each step, and always the last of each instance life, so resets stay exact): a window's
+    /// edge there moves by at most one step, and its shares stay ratios of the same interval.
+    pub fn prune(
+        &mut self,
+        keep_from_ms: i64,
+        forget_before_ms: i64,
+        thin_before_ms: i64,
+        resolution_ms: i64,
+    ) {
+        let res = resolution_ms.max(1);
         self.services.retain(|_, svc| {
             svc.instances.retain(|_, inst| {
                 let first_kept = inst.snaps.partition_point(|s| s.t_ms < keep_from_ms);
                 if first_kept > 1 {
                     inst.snaps.drain(..first_kept - 1);
                 }
+                let thin = inst.snaps.partition_point(|s| s.t_ms < thin_before_ms);
+                if thin > 1 {
+                    let old: Vec<Snapshot> = inst.snaps.drain(..thin).collect();
+                    let mut kept: Vec<Snapshot> = Vec::with_capacity(old.len());
+                    for (k, s) in old.iter().enumerate() {
+                        let next = old.get(k + 1).or(inst.snaps.first());
+                        let last_of_step = next.is_none_or(|n| n.t_ms / res != s.t_ms / res);
+                        let last_of_life = next.is_some_and(|n| n.start_ns != s.start_ns);
+                        if last_of_step || last_of_life {
+                            kept.push(s.clone());
+                        }
+                    }
+                    kept.append(&mut inst.snaps);
+                    inst.snaps = kept;
+                }
+                inst.snaps.shrink_to_fit();
                 inst.meta.last_seen_ms >= forget_before_ms
             });
             !svc.instances.is_empty()
@@ -294,12 +323,32 @@ mod tests {
             m.ingest(report("a", "1", t, t as f64), &l);
         }
         m.ingest(report("b", "1", 5, 1.0), &l);
-        m.prune(35_000, 8_000);
+        m.prune(35_000, 8_000, 0, 1);
         let snaps = &m.services["a"].instances["1"].snaps;
         assert_eq!(
             snaps.iter().map(|s| s.t_ms).collect::<Vec<_>>(),
             vec![30_000, 40_000]
         );
         assert!(!m.services.contains_key("b"));
+    }
+
+    #[test]
+    fn old_snapshots_thin_to_one_per_step_keeping_resets() {
+        let l = Limits::default();
+        let mut m = Memory::default();
+        for t in (10..=120).step_by(10) {
+            let mut r = report("a", "1", t, t as f64);
+            // The agent restarted at t=55: a new life from t=60 on.
+            r.start_ns = if t < 60 { 1 } else { 2 };
+            m.ingest(r, &l);
+        }
+        // Older than t=100: one per 30 s step, plus the last of the first life (t=50).
+        m.prune(0, 0, 100_000, 30_000);
+        let snaps = &m.services["a"].instances["1"].snaps;
+        let times: Vec<i64> = snaps.iter().map(|s| s.t_ms / 1000).collect();
+        assert_eq!(times, vec![20, 50, 80, 100, 110, 120]);
+        let inc = crate::server::window::instance_increase(snaps, 0, 120_000).expect("data");
+        // Both lives counted whole: 50 + 120 request-seconds, as before thinning.
+        assert_eq!(inc[slot::REQUEST], 170.0);
     }
 }
