@@ -170,6 +170,62 @@ fn ingest_all(app: &App, bodies: &[Vec<u8>]) {
     }
 }
 
+/// CPU seconds of the whole process (user + system), from /proc/self/stat.
+fn process_cpu_s() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = after
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    // Fields 14 and 15 (utime, stime), counted from after the command name.
+    (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / 100.0
+}
+
+/// POSTs every body over one keep-alive HTTP/1.1 connection; returns how many got a 200.
+fn post_all(addr: std::net::SocketAddr, bodies: &[Vec<u8>]) -> usize {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let Ok(stream) = std::net::TcpStream::connect(addr) else {
+        return 0;
+    };
+    let mut w = match stream.try_clone() {
+        Ok(w) => w,
+        Err(_) => return 0,
+    };
+    let mut r = BufReader::new(stream);
+    let mut ok = 0;
+    for b in bodies {
+        let head = format!(
+            "POST /v1/metrics HTTP/1.1\r\nHost: bench\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\n\r\n",
+            b.len()
+        );
+        if w.write_all(head.as_bytes())
+            .and_then(|_| w.write_all(b))
+            .is_err()
+        {
+            break;
+        }
+        let mut status = String::new();
+        let _ = r.read_line(&mut status);
+        let mut len = 0usize;
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0; len];
+        let _ = r.read_exact(&mut body);
+        if status.contains(" 200 ") {
+            ok += 1;
+        }
+    }
+    ok
+}
+
 fn received(app: &App) -> u64 {
     app.telemetry
         .points_received
@@ -178,6 +234,12 @@ fn received(app: &App) -> u64 {
 }
 
 fn main() {
+    // Memory first, in a fresh process, so the throughput runs' garbage does not count.
+    memory();
+    throughput();
+}
+
+fn throughput() {
     // 1. Throughput on one thread.
     let (b, sent) = bodies(100, 10, 1..=30, now_ns() - 301_000_000_000);
     let bytes: usize = b.iter().map(Vec::len).sum();
@@ -202,8 +264,50 @@ fn main() {
         started.elapsed().as_secs_f64()
     );
     drop(a);
-    drop(b);
 
+    // 1b. The same bodies over real HTTP (axum on a 1-thread runtime, one keep-alive client):
+    // points per CPU-second of the whole process, server and client together.
+    let a = app("http");
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            std::process::exit(1);
+        }
+    };
+    let listener = match rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            std::process::exit(1);
+        }
+    };
+    let addr = listener.local_addr().ok();
+    let router = scalewise_collector::server::router(a.clone());
+    let server = std::thread::spawn(move || {
+        rt.block_on(async move {
+            let _ = axum::serve(listener, router).await;
+        })
+    });
+    let cpu0 = process_cpu_s();
+    let started = Instant::now();
+    let ok = addr.map_or(0, |addr| post_all(addr, &b));
+    let cpu = process_cpu_s() - cpu0;
+    let secs = started.elapsed().as_secs_f64();
+    let got = received(&a);
+    println!(
+        "ingest over HTTP: {ok}/{} requests accepted, {got} of {sent} points received, {cpu:.2} s of process CPU ({secs:.2} s wall): {:.0} points/s per core",
+        b.len(),
+        sent as f64 / cpu.max(1e-9)
+    );
+    drop(server);
+    drop(b);
+}
+
+fn memory() {
     // 2. Memory for 1,000 services x 10 instances with 10 minutes of snapshots. Bodies are made
     // one request at a time, so they do not inflate the measurement.
     let before = rss_bytes();
