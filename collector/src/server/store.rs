@@ -215,7 +215,7 @@ impl Memory {
                     let mut kept: Vec<Snapshot> = Vec::with_capacity(old.len());
                     for (k, s) in old.iter().enumerate() {
                         let next = old.get(k + 1).or(inst.snaps.first());
-                        let last_of_step = next.is_none_or(|n| n.t_ms / res != s.t_ms / res);
+                        let last_of_step = next.map_or(true, |n| n.t_ms / res != s.t_ms / res);
                         let last_of_life = next.is_some_and(|n| n.start_ns != s.start_ns);
                         if last_of_step || last_of_life {
                             kept.push(s.clone());
