@@ -461,6 +461,41 @@ mod tests {
     }
 
     #[test]
+    fn no_truncation_or_corruption_of_a_body_panics() {
+        let b = Budget {
+            request_s: 4.0,
+            requests: 10.0,
+            ..Budget::default()
+        };
+        let body = otlp::encode(&otlp::request(
+            &otlp::resource_attrs("s", "i", Some(1)),
+            &b,
+            1,
+            2_000_000_000,
+        ));
+        let l = Limits::default();
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        for cut in 0..=body.len() {
+            for ct in ["application/x-protobuf", "application/json"] {
+                if let Ok((req, _)) = decode_body(Some(ct), None, &body[..cut], &l) {
+                    let _ = reports(&req, 3_000, &l);
+                }
+            }
+            // And one flipped byte at every position.
+            let mut bad = body.clone();
+            if cut < bad.len() {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                bad[cut] ^= (seed as u8) | 1;
+                if let Ok((req, _)) = decode_body(Some("application/x-protobuf"), None, &bad, &l) {
+                    let _ = reports(&req, 3_000, &l);
+                }
+            }
+        }
+    }
+
+    #[test]
     fn bodies_are_bounded_and_typed() {
         let l = Limits {
             max_body_bytes: 10,
