@@ -2,6 +2,7 @@
 //! harness that starts real servers (a private PostgreSQL cluster, the workloads, a JVM) on
 //! loopback and stops them by pid.
 
+pub mod collector;
 pub mod harness;
 pub mod prometheus;
 pub mod receiver;

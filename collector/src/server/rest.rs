@@ -1,0 +1,282 @@
+//! The HTTP surface on one port: OTLP/HTTP ingest, the pinned REST API, `/metrics`, probes and
+//! the web page. Handlers are thin: they parse, call [`App`], and turn its answer into JSON, HTML
+//! or the Prometheus text format. Errors are 4xx with a JSON `{"error": ...}` naming the reason.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use prost::Message;
+
+use super::config::parse_duration;
+use super::ingest::{decode_body, Format, IngestError};
+use super::{metrics, now_ms, page, App};
+
+/// Windows longer than this are refused (the store keeps 30 days by default).
+const MAX_WINDOW_MS: i64 = 90 * 86_400_000;
+const DEFAULT_WINDOW_MS: i64 = 300_000;
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
+}
+
+/// Every route. `/healthz` and `/readyz` never need a token; everything else does when tokens
+/// are configured.
+pub fn router(app: Arc<App>) -> Router {
+    let guarded = Router::new()
+        .route("/v1/metrics", post(otlp_http))
+        .route("/api/v1/services", get(list))
+        .route("/api/v1/services/{service}", get(one))
+        .route("/api/v1/services/{service}/history", get(history))
+        // `/api/v1/services/{service}/report` (the rewrite report) is added here by its issue.
+        .route("/metrics", get(prometheus))
+        .route("/", get(fleet_page))
+        .route("/services/{service}", get(service_page))
+        .layer(middleware::from_fn_with_state(app.clone(), require_token));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .merge(guarded)
+        // Bodies are bounded by the ingest handler itself, so the refusal is counted.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(app)
+}
+
+async fn require_token(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let auth = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    if app.tokens().allows(auth) {
+        return next.run(req).await;
+    }
+    app.telemetry
+        .requests_rejected
+        .with_label_values(&["unauthorized"])
+        .inc();
+    let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
+    r
+}
+
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    if app.is_ready() {
+        "ready\n".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
+    }
+}
+
+fn reject(app: &App, reason: &'static str, status: StatusCode, message: String) -> Response {
+    app.telemetry
+        .requests_rejected
+        .with_label_values(&[reason])
+        .inc();
+    error(status, message)
+}
+
+async fn otlp_http(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
+    let limits = &app.config.limits;
+    let bytes = match axum::body::to_bytes(body, limits.max_body_bytes).await {
+        Ok(b) => b,
+        Err(_) => {
+            return reject(
+                &app,
+                "too_large",
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "body larger than {} bytes (or unreadable)",
+                    limits.max_body_bytes
+                ),
+            )
+        }
+    };
+    let h = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    let decoded = decode_body(
+        h(header::CONTENT_TYPE),
+        h(header::CONTENT_ENCODING),
+        &bytes,
+        limits,
+    );
+    let (req, format) = match decoded {
+        Ok(x) => x,
+        Err(e) => {
+            let status = match &e {
+                IngestError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+                IngestError::Inflate(super::limits::InflateError::TooLarge(_)) => {
+                    StatusCode::PAYLOAD_TOO_LARGE
+                }
+                IngestError::MediaType(_) | IngestError::Encoding(_) => {
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE
+                }
+                _ => StatusCode::BAD_REQUEST,
+            };
+            return reject(&app, e.reason(), status, e.to_string());
+        }
+    };
+    let resp = app.ingest(&req, "http", now_ms());
+    match format {
+        Format::Protobuf => (
+            [(header::CONTENT_TYPE, "application/x-protobuf")],
+            resp.encode_to_vec(),
+        )
+            .into_response(),
+        Format::Json => Json(resp).into_response(),
+    }
+}
+
+/// A 4xx or 5xx answer, built late so results stay small.
+struct Refusal(StatusCode, String);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        error(self.0, self.1)
+    }
+}
+
+/// `window` (and `step`) from the query: `20s`, `5m`, `1h` or seconds.
+fn window_param(q: &HashMap<String, String>, key: &str, default_ms: i64) -> Result<i64, Refusal> {
+    match q.get(key) {
+        None => Ok(default_ms),
+        Some(w) => match parse_duration(w) {
+            Ok(d) if d.ms() <= MAX_WINDOW_MS && d.ms() >= 1000 => Ok(d.ms()),
+            Ok(_) => Err(Refusal(
+                StatusCode::BAD_REQUEST,
+                format!("{key} must be between 1s and 90d"),
+            )),
+            Err(e) => Err(Refusal(StatusCode::BAD_REQUEST, format!("{key}: {e}"))),
+        },
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Refusal> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Refusal(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+async fn list(State(app): State<Arc<App>>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let window = match window_param(&q, "window", DEFAULT_WINDOW_MS) {
+        Ok(w) => w,
+        Err(r) => return r.into_response(),
+    };
+    match blocking(move || app.summaries(window, now_ms())).await {
+        Ok(s) => {
+            let services: Vec<_> = s.into_iter().map(|(_, s)| s).collect();
+            Json(serde_json::json!({ "services": services })).into_response()
+        }
+        Err(r) => r.into_response(),
+    }
+}
+
+fn unknown(service: &str) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        format!(
+            "unknown service {:?}",
+            super::limits::bound_label(service, 256).0
+        ),
+    )
+}
+
+async fn one(
+    State(app): State<Arc<App>>,
+    Path(service): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let window = match window_param(&q, "window", DEFAULT_WINDOW_MS) {
+        Ok(w) => w,
+        Err(r) => return r.into_response(),
+    };
+    let name = service.clone();
+    match blocking(move || app.service_view(&name, window, now_ms())).await {
+        Ok(Some(v)) => Json(v).into_response(),
+        Ok(None) => unknown(&service),
+        Err(r) => r.into_response(),
+    }
+}
+
+async fn history(
+    State(app): State<Arc<App>>,
+    Path(service): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let window = match window_param(&q, "window", 3_600_000) {
+        Ok(w) => w,
+        Err(r) => return r.into_response(),
+    };
+    let step = match window_param(&q, "step", (window / 60).max(1000)) {
+        Ok(s) => s,
+        Err(r) => return r.into_response(),
+    };
+    if window / step > 2000 {
+        return error(StatusCode::BAD_REQUEST, "at most 2000 steps per window");
+    }
+    let name = service.clone();
+    match blocking(move || app.history(&name, window, step, now_ms())).await {
+        Ok(Some(h)) => Json(h).into_response(),
+        Ok(None) => unknown(&service),
+        Err(r) => r.into_response(),
+    }
+}
+
+async fn prometheus(State(app): State<Arc<App>>) -> Response {
+    match blocking(move || metrics::render(&app, now_ms())).await {
+        Ok(body) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response(),
+        Err(r) => r.into_response(),
+    }
+}
+
+async fn fleet_page(State(app): State<Arc<App>>) -> Response {
+    let window = app.config.metrics_window.ms();
+    match blocking(move || {
+        let now = now_ms();
+        page::fleet(&app.summaries(window, now), window, now)
+    })
+    .await
+    {
+        Ok(html) => Html(html).into_response(),
+        Err(r) => r.into_response(),
+    }
+}
+
+async fn service_page(
+    State(app): State<Arc<App>>,
+    Path(service): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let window = match window_param(&q, "window", 3_600_000) {
+        Ok(w) => w,
+        Err(r) => return r.into_response(),
+    };
+    let name = service.clone();
+    let current = app.config.metrics_window.ms();
+    let r = blocking(move || {
+        let now = now_ms();
+        let view = app.service_view(&name, current, now)?;
+        let hist = app.history(&name, window, (window / 60).max(1000), now)?;
+        Some(page::service(&view, &hist))
+    })
+    .await;
+    match r {
+        Ok(Some(html)) => Html(html).into_response(),
+        Ok(None) => (StatusCode::NOT_FOUND, Html(page::not_found(&service))).into_response(),
+        Err(r) => r.into_response(),
+    }
+}
