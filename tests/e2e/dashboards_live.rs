@@ -81,7 +81,6 @@ fn check_metrics(addr: &str, what: &str) -> String {
 }
 
 #[test]
-#[ignore = "needs scalewise-collector and scalewise-agent run"]
 fn every_panel_query_returns_data_from_real_agents_and_a_real_collector() {
     let _x = exclusive();
     let dir = TempDir::new("live").expect("temp dir");

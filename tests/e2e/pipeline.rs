@@ -98,7 +98,6 @@ fn compare(name: &str, collector: &serde_json::Value, diag: &serde_json::Value, 
 }
 
 #[test]
-#[ignore = "needs scalewise-agent run (branch run)"]
 fn agents_and_collector_agree_with_diagnose_and_the_truth() {
     let _x = exclusive();
     let collector = Collector::start(&[]).expect("collector");

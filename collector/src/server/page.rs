@@ -255,7 +255,9 @@ pub fn service(v: &ServiceView, h: &History) -> String {
     let _ = write!(
         s,
         "<div class=\"card\"><h2 style=\"margin-top:0\">{} {}</h2>\
-<p>confidence {:.0}% · {:.1} requests/s · mean latency {:.1} ms · {:.2} of {:.2} cores · {} instance(s) · window {:.0}s</p>{}{}</div>",
+<p>confidence {:.0}% · {:.1} requests/s · mean latency {:.1} ms · {:.2} of {:.2} cores · {} instance(s) · window {:.0}s</p>{}{}\
+<p><a id=\"report\" href=\"/api/v1/services/{}/report?format=html\">Should we rewrite? The report for this window</a> \
+(<a href=\"/api/v1/services/{}/report?format=md\">Markdown</a>, <a href=\"/api/v1/services/{}/report?format=json\">JSON</a>)</p></div>",
         escape(&d.service),
         badge(d.verdict),
         d.confidence * 100.0,
@@ -266,7 +268,10 @@ pub fn service(v: &ServiceView, h: &History) -> String {
         v.instances,
         d.window_s,
         bar(&d.breakdown, 600.0),
-        legend()
+        legend(),
+        path_segment(&d.service),
+        path_segment(&d.service),
+        path_segment(&d.service)
     );
     let _ = write!(
         s,

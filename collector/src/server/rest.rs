@@ -34,7 +34,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/services", get(list))
         .route("/api/v1/services/{service}", get(one))
         .route("/api/v1/services/{service}/history", get(history))
-        // `/api/v1/services/{service}/report` (the rewrite report) is added here by its issue.
+        .route("/api/v1/services/{service}/report", get(report))
         .route("/metrics", get(prometheus))
         .route("/", get(fleet_page))
         .route("/services/{service}", get(service_page))
@@ -202,6 +202,40 @@ async fn one(
         Ok(Some(v)) => Json(v).into_response(),
         Ok(None) => unknown(&service),
         Err(r) => r.into_response(),
+    }
+}
+
+/// The rewrite report over a window: `format=html|md|json`, `target=rust` (repeatable), and the
+/// report's other options (see `report::ReportOptions::from_query`); `instances` defaults to the
+/// instances seen in the window.
+async fn report(
+    State(app): State<Arc<App>>,
+    Path(service): Path<String>,
+    Query(q): Query<Vec<(String, String)>>,
+) -> Response {
+    let map: HashMap<String, String> = q.iter().cloned().collect();
+    let window = match window_param(&map, "window", DEFAULT_WINDOW_MS) {
+        Ok(w) => w,
+        Err(r) => return r.into_response(),
+    };
+    let (mut opts, format) = match crate::report::ReportOptions::from_query(
+        q.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    ) {
+        Ok(x) => x,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let name = service.clone();
+    let view = match blocking(move || app.service_view(&name, window, now_ms())).await {
+        Ok(Some(v)) => v,
+        Ok(None) => return unknown(&service),
+        Err(r) => return r.into_response(),
+    };
+    if opts.instances.is_none() && view.instances > 0 {
+        opts.instances = Some(view.instances as f64);
+    }
+    match crate::report::render(&view.diagnosis, &opts, format) {
+        Ok(text) => ([(header::CONTENT_TYPE, format.content_type())], text).into_response(),
+        Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
     }
 }
 
