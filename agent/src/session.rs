@@ -732,6 +732,10 @@ struct ThreadKnowledge {
     reader_pids: HashSet<u32>,
 }
 
+/// A process's epoll interest: fd -> event mask over all its instances, and whether it registers
+/// its connections for reading at all.
+type Interest = (HashMap<i32, u32>, bool);
+
 /// Thread states sampled at most once per round, on the first tie that needs them.
 struct Oracle<'a> {
     targets: &'a mut [Target],
@@ -744,7 +748,7 @@ struct Oracle<'a> {
     fds: Vec<i32>,
     /// Per process, read at most once a round: fd -> epoll event mask over all its instances,
     /// or `None` when it has none or they cannot be read.
-    interest: HashMap<u32, Option<(HashMap<i32, u32>, bool)>>,
+    interest: HashMap<u32, Option<Interest>>,
     proc_root: &'a Path,
 }
 
@@ -801,10 +805,10 @@ impl Oracle<'_> {
 
     /// The union of a process's epoll interest lists, read once a round.
     /// The second value: whether the process registers its connections for reading at all.
-    fn interest(&mut self, pid: u32) -> Option<&(HashMap<i32, u32>, bool)> {
+    fn interest(&mut self, pid: u32) -> Option<&Interest> {
         const EPOLLIN: u32 = 0x1;
         if !self.interest.contains_key(&pid) {
-            let mut all: Option<(HashMap<i32, u32>, bool)> = None;
+            let mut all: Option<Interest> = None;
             if let Some(t) = self.targets.iter().find(|t| t.pid == pid) {
                 let mut lines = Vec::new();
                 for &epfd in &t.epoll_fds {

@@ -123,12 +123,13 @@ fn run(s: Scenario) -> (serde_json::Value, TruthShares) {
     }
     if s.client {
         let off = |a: f64, b: f64| (a - b).abs() / b.abs().max(1e-9);
-        if !(off(in_flight, client_in_flight) <= CLIENT_TOLERANCE) {
+        let outside = |a: f64, b: f64| off(a, b).is_nan() || off(a, b) > CLIENT_TOLERANCE;
+        if outside(in_flight, client_in_flight) {
             errors.push(format!(
                 "mean in flight {in_flight:.2}, clients measured {client_in_flight:.2}"
             ));
         }
-        if !(off(latency, client_latency) <= CLIENT_TOLERANCE) {
+        if outside(latency, client_latency) {
             errors.push(format!(
                 "mean latency {latency:.2} ms, clients measured {client_latency:.2} ms"
             ));
