@@ -15,37 +15,21 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use scalewise_e2e::harness::{diagnose, exclusive, free_port, Load, Postgres};
+use scalewise_e2e::harness::{self, diagnose, exclusive, free_port, Load, Postgres};
 
 const WINDOW_S: f64 = 8.0;
 
-/// A child process killed (SIGTERM, then SIGKILL) by pid on drop.
+/// A child process stopped by pid on drop (the harness's SIGTERM, then SIGKILL).
 struct Proc(Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        // SAFETY: signalling our own child by pid.
-        unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        harness::stop(&mut self.0);
     }
 }
 
 fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "scalewise-{tag}-{}-{}",
-        std::process::id(),
-        free_port()
-    ));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
+    harness::temp_dir(tag).expect("temp dir")
 }
 
 fn wait_for_port(port: u16) {

@@ -39,7 +39,8 @@ pub fn agent_bin() -> PathBuf {
     profile_dir().join("scalewise-agent")
 }
 
-fn temp_dir(tag: &str) -> anyhow::Result<PathBuf> {
+/// A new directory under the system temp dir, unique to this process and call.
+pub fn temp_dir(tag: &str) -> anyhow::Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!(
         "scalewise-{tag}-{}-{}",
         std::process::id(),
@@ -49,7 +50,8 @@ fn temp_dir(tag: &str) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-fn stop(child: &mut Child) {
+/// Stops a child by pid: SIGTERM, then SIGKILL after a grace period.
+pub fn stop(child: &mut Child) {
     // SIGTERM first, so servers shut down cleanly; SIGKILL after a grace period.
     // SAFETY: signalling our own child by pid.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
