@@ -341,6 +341,9 @@ impl Session {
                             || !self.threads_known.reader_pids.contains(&pid)
                     }) {
                         self.budget.loop_queued_s += v * dt;
+                        if let Some(pid) = owner {
+                            self.threads_known.loop_queue_pids.insert(pid);
+                        }
                     }
                 }
                 self.budget.inbound_conn_s += round.inbound_conns as f64 * dt;
@@ -478,8 +481,19 @@ impl Session {
             app_cpu_ns += totals.app_cpu_ns;
             gc_cpu_ns += totals.gc_cpu_ns;
             delay_ns += totals.app_delay_ns;
-            loop_cpu_ns += totals.loop_cpu_ns;
-            loop_delay_ns += totals.loop_delay_ns;
+            // Requests wait unread for a loop none of whose threads has been seen in epoll (one
+            // saturated on a busy host is always running or runnable when looked at, and looking
+            // takes a CPU from it): the thread doing most of the process's work stands for it.
+            if totals.loop_cpu_ns == 0
+                && self.threads_known.loop_queue_pids.contains(&t.pid)
+                && !self.threads_known.reader_pids.contains(&t.pid)
+            {
+                loop_cpu_ns += totals.busiest_cpu_ns;
+                loop_delay_ns += totals.busiest_delay_ns;
+            } else {
+                loop_cpu_ns += totals.loop_cpu_ns;
+                loop_delay_ns += totals.loop_delay_ns;
+            }
             ticks += t.ticks.saturating_sub(t.base_ticks.unwrap_or(t.ticks));
             threads += totals.live_threads;
             if let Some((name, b)) = totals.busiest {
@@ -728,6 +742,8 @@ struct ThreadKnowledge {
     /// Processes seen with a thread waiting in epoll/select at any full sample: idle connections
     /// need no reader there.
     event_loop_pids: HashSet<u32>,
+    /// Processes whose unread requests were counted as waiting for an event loop.
+    loop_queue_pids: HashSet<u32>,
     /// Processes seen with a thread blocked reading one of their sockets (sticky).
     reader_pids: HashSet<u32>,
 }

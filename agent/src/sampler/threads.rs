@@ -72,6 +72,9 @@ pub struct ThreadTotals {
     pub loop_delay_ns: u64,
     /// The thread with the most CPU + run-queue time, and that time.
     pub busiest: Option<(String, u64)>,
+    /// That thread's CPU and run-queue delay.
+    pub busiest_cpu_ns: u64,
+    pub busiest_delay_ns: u64,
     /// The thread with the most CPU + run-queue time since the previous `read_schedstat`, and
     /// that time: summed over reads, the wire's `scalewise.thread.busiest.time`.
     pub busiest_interval: Option<(String, u64)>,
@@ -305,6 +308,8 @@ impl ThreadTable {
                     .map_or(true, |(_, b)| cpu + delay > *b)
             {
                 totals.busiest = Some((t.name.clone(), cpu + delay));
+                totals.busiest_cpu_ns = cpu;
+                totals.busiest_delay_ns = delay;
             }
             let busy_now = (t.last.on_cpu_ns + t.last.run_delay_ns)
                 .saturating_sub(t.mark.on_cpu_ns + t.mark.run_delay_ns);
