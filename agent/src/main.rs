@@ -149,12 +149,26 @@ enum Cmd {
     },
     /// Start sample services (CPU-bound, slow downstream, lock-contended), load them, diagnose
     /// each and compare with the ground truth they record about themselves.
+    ///
+    /// With --system: the whole pipeline instead. A collector on a loopback port, the three
+    /// services under load, one `scalewise-agent run` per service exporting to the collector,
+    /// and each service's verdict from the collector as it settles (with the truth), until
+    /// Ctrl-C stops everything it started. The web page's address is printed first.
     Demo {
-        /// Seconds of sampling per sample service.
+        /// Seconds of sampling per sample service (not with --system).
         #[arg(long, default_value_t = 6.0, value_name = "SECONDS")]
         duration: f64,
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
+        /// Run the collector and one `run` agent per service, and follow the verdicts.
+        #[arg(long)]
+        system: bool,
+        /// With --system: the collector's address [default: a free loopback port].
+        #[arg(long, value_name = "ADDR", requires = "system")]
+        listen: Option<std::net::SocketAddr>,
+        /// With --system: stop by itself after this many seconds instead of waiting for Ctrl-C.
+        #[arg(long, value_name = "SECONDS", requires = "system")]
+        stop_after: Option<f64>,
     },
 }
 
@@ -200,7 +214,7 @@ impl OtlpArgs {
 
 fn seconds(s: f64) -> anyhow::Result<Duration> {
     if !(s.is_finite() && s > 0.0 && s <= 86_400.0) {
-        anyhow::bail!("--duration must be between 0 and 86400 seconds, got {s}");
+        anyhow::bail!("a duration must be between 0 and 86400 seconds, got {s}");
     }
     Ok(Duration::from_secs_f64(s))
 }
@@ -359,7 +373,35 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             scalewise_agent::run::run(cfg)?;
         }
-        Cmd::Demo { duration, format } => {
+        Cmd::Demo {
+            system: true,
+            listen,
+            stop_after,
+            format,
+            ..
+        } => {
+            let opts = scalewise_agent::demo::system::SystemOptions {
+                listen,
+                stop_after: stop_after.map(seconds).transpose()?,
+            };
+            let json = matches!(format, Format::Json);
+            let last = scalewise_agent::demo::system::run(opts, &mut |line| {
+                if json {
+                    eprintln!("{line}");
+                } else {
+                    let _ = emit(line);
+                }
+            })?;
+            if json {
+                let services: Vec<_> = last.iter().map(|s| &s.diagnosis).collect();
+                emit(&serde_json::to_string_pretty(
+                    &serde_json::json!({ "services": services }),
+                )?)?;
+            }
+        }
+        Cmd::Demo {
+            duration, format, ..
+        } => {
             let duration = seconds(duration)?;
             let cases = scalewise_agent::demo::run(duration, &mut |line| eprintln!("{line}"))?;
             match format {

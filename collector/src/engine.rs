@@ -500,7 +500,15 @@ fn decide(
             0.6 + 0.3 * ramp(busiest, t.hot_thread, 1.0),
         );
     }
-    if s.cpu_wait >= t.cpu_wait_share {
+    // CPU starvation explains in-process queueing (requests waiting behind starved workers), not
+    // time spent waiting on a dependency: where that is the larger part, it goes to the contest.
+    let cpu_group = s.cpu + s.gc + s.cpu_wait;
+    if s.cpu_wait >= t.cpu_wait_share && s.downstream > cpu_group {
+        evidence.push(format!(
+            "also CPU starved: requests spend {} of their time waiting for a CPU (a busy host or a CPU limit); more CPU would shorten them by that much, fixing the dependency by more",
+            pct(s.cpu_wait)
+        ));
+    } else if s.cpu_wait >= t.cpu_wait_share {
         evidence.push(format!(
             "CPU starved: requests spend {} of their time waiting for a CPU (runnable but not running, or unread behind a busy event loop)",
             pct(s.cpu_wait)
@@ -590,6 +598,29 @@ mod tests {
         let d = diagnose("s", &[1], &b, &Thresholds::default());
         assert!(d.breakdown.local_wait > 0.5);
         assert_eq!(d.verdict, Verdict::ScaleUp);
+    }
+
+    #[test]
+    fn a_starved_neighbour_of_a_slow_dependency_is_still_dependency_limited() {
+        // A busy host: a quarter of request time waiting for a CPU, most of it on the database.
+        let mut b = base();
+        b.cpu_s = 1.2;
+        b.cpu_wait_s = 10.8;
+        b.downstream.insert(
+            "10.0.0.5:5432".into(),
+            DependencyTime {
+                kind: "postgresql".into(),
+                name: None,
+                awaiting_s: 28.0,
+            },
+        );
+        let d = diagnose("s", &[1], &b, &Thresholds::default());
+        assert_eq!(d.verdict, Verdict::Dependency, "{d:?}");
+        assert!(d.evidence.iter().any(|e| e.contains("also CPU starved")));
+        // The same starvation in front of in-process queueing is the CPU's.
+        b.downstream.clear();
+        let d = diagnose("s", &[1], &b, &Thresholds::default());
+        assert_eq!(d.verdict, Verdict::ScaleUp, "{d:?}");
     }
 
     #[test]

@@ -7,6 +7,8 @@ use std::io::Write;
 use std::process::Command;
 use std::time::Duration;
 
+use prost::Message;
+
 use scalewise_collector::budget::Budget;
 use scalewise_collector::engine::{diagnose, Thresholds};
 use scalewise_collector::server::otlp;
@@ -234,11 +236,19 @@ fn strip_window(v: &mut serde_json::Value) {
 }
 
 fn partial(body: &[u8]) -> i64 {
-    use prost::Message;
     opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse::decode(body)
         .ok()
         .and_then(|r| r.partial_success)
         .map_or(0, |p| p.rejected_data_points)
+}
+
+/// `google.rpc.Status` as OTLP/HTTP sends it (the fields a client reads).
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
 }
 
 #[test]
@@ -252,11 +262,17 @@ fn hostile_input_is_refused_or_counted_and_changes_no_other_answer() {
     let good = Instance::new("x", "x", 1, Profile::cpu_bound(), now - 10 * S).body_at(now);
     let (status, body) = c.post(pb, None, &good[..good.len() / 2]).expect("post");
     assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
-    assert!(String::from_utf8_lossy(&body).contains("decode"));
-    let (status, _) = c
+    // OTLP/HTTP: the refusal is a google.rpc.Status in the request's encoding.
+    let refusal = RpcStatus::decode(&body[..]).expect("a google.rpc.Status");
+    assert_eq!(refusal.code, 3, "INVALID_ARGUMENT");
+    assert!(refusal.message.contains("decode"), "{}", refusal.message);
+    let (status, body) = c
         .post("application/json", None, br#"{"resourceMetrics": 7}"#)
         .expect("post");
     assert_eq!(status, 400);
+    let refusal: serde_json::Value = serde_json::from_slice(&body).expect("JSON Status");
+    assert_eq!(refusal["code"], 3, "{refusal}");
+    assert!(refusal["message"].as_str().is_some_and(|m| !m.is_empty()));
     assert_eq!(c.post("text/plain", None, b"hi").expect("post").0, 415);
 
     // A gzip bomb (64 MiB of zeros in ~64 KiB) and a body over the limit.

@@ -1,6 +1,7 @@
 //! The HTTP surface on one port: OTLP/HTTP ingest, the pinned REST API, `/metrics`, probes and
 //! the web page. Handlers are thin: they parse, call [`App`], and turn its answer into JSON, HTML
-//! or the Prometheus text format. Errors are 4xx with a JSON `{"error": ...}` naming the reason.
+//! or the Prometheus text format. Errors are 4xx with a JSON `{"error": ...}` naming the reason;
+//! a refused OTLP export gets a `google.rpc.Status` instead, as OTLP/HTTP specifies.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -76,12 +77,54 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
     }
 }
 
-fn reject(app: &App, reason: &'static str, status: StatusCode, message: String) -> Response {
+/// `google.rpc.Status`, the body OTLP/HTTP specifies for a refused export. Two fields of a
+/// well-known message: declared here rather than pulling in a crate of Google API types.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+}
+
+/// A refused OTLP export, counted by reason. The body is a `google.rpc.Status` in the request's
+/// own encoding (protobuf, or its JSON mapping), as OTLP/HTTP requires of servers.
+fn reject(
+    app: &App,
+    headers: &HeaderMap,
+    reason: &'static str,
+    status: StatusCode,
+    message: String,
+) -> Response {
     app.telemetry
         .requests_rejected
         .with_label_values(&[reason])
         .inc();
-    error(status, message)
+    // gRPC codes: INVALID_ARGUMENT, RESOURCE_EXHAUSTED for what is too large.
+    let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        8
+    } else {
+        3
+    };
+    let protobuf = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/x-protobuf"));
+    if protobuf {
+        let body = RpcStatus { code, message }.encode_to_vec();
+        (
+            status,
+            [(header::CONTENT_TYPE, "application/x-protobuf")],
+            body,
+        )
+            .into_response()
+    } else {
+        (
+            status,
+            Json(serde_json::json!({ "code": code, "message": message })),
+        )
+            .into_response()
+    }
 }
 
 async fn otlp_http(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
@@ -91,6 +134,7 @@ async fn otlp_http(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) 
         Err(_) => {
             return reject(
                 &app,
+                &headers,
                 "too_large",
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!(
@@ -120,7 +164,7 @@ async fn otlp_http(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) 
                 }
                 _ => StatusCode::BAD_REQUEST,
             };
-            return reject(&app, e.reason(), status, e.to_string());
+            return reject(&app, &headers, e.reason(), status, e.to_string());
         }
     };
     let resp = app.ingest(&req, "http", now_ms());

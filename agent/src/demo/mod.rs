@@ -4,6 +4,11 @@
 //! The services are the `scalewise-workload` binary built with this workspace (the same programs
 //! the end-to-end tests use): a CPU-bound one, one waiting on a slow downstream HTTP service, and
 //! one contending on an in-process lock. Everything runs on loopback and stops by pid.
+//!
+//! `demo --system` ([`system`]) runs the same services as the whole pipeline would see them:
+//! a collector, one `scalewise-agent run` per service, and the verdicts as they settle.
+
+pub mod system;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -37,6 +42,10 @@ struct Proc {
     port: u16,
 }
 
+/// Every process the demo starts carries this variable (with the demo's own pid), so what it
+/// started can be found and shown gone.
+pub const DEMO_ENV: &str = "SCALEWISE_DEMO";
+
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -48,6 +57,7 @@ fn spawn(bin: &Path, args: &[String]) -> Result<Proc, DemoError> {
     let what = format!("{} {}", bin.display(), args.join(" "));
     let mut child = Command::new(bin)
         .args(args)
+        .env(DEMO_ENV, std::process::id().to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -69,34 +79,43 @@ fn spawn(bin: &Path, args: &[String]) -> Result<Proc, DemoError> {
     Ok(Proc { child, port })
 }
 
-/// Ground truth from the workload's `/truth` endpoint (cumulative counters). The response is
-/// read by its Content-Length: the workloads keep connections alive.
+/// Ground truth from the workload's `/truth` endpoint (cumulative counters).
 fn truth(port: u16) -> Option<serde_json::Value> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(b"GET /truth HTTP/1.1\r\nHost: x\r\n\r\n")
+    get_json(&format!("127.0.0.1:{port}"), "/truth").map(|(_, v)| v)
+}
+
+/// `GET path` on `addr`, the status and the JSON body. The response is read by its
+/// Content-Length: the workloads keep connections alive. Only for the demo's own loopback
+/// services (a full client would be a dependency for two requests).
+fn get_json(addr: &str, path: &str) -> Option<(u16, serde_json::Value)> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
         .ok()?;
     let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
+    let mut chunk = [0u8; 8192];
     loop {
         let n = s.read(&mut chunk).ok()?;
         if n == 0 {
             return None;
         }
         buf.extend_from_slice(&chunk[..n]);
-        let text = String::from_utf8_lossy(&buf);
-        if let Some((head, body)) = text.split_once("\r\n\r\n") {
-            let len: usize = head
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().to_string())
-                })
-                .and_then(|v| v.parse().ok())?;
-            if body.len() >= len {
-                return serde_json::from_str(&body[..len]).ok();
-            }
+        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&buf[..end]);
+        let status = head.split_whitespace().nth(1)?.parse().ok()?;
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().to_string())
+            })
+            .and_then(|v| v.parse().ok())?;
+        let body = &buf[end + 4..];
+        if body.len() >= len {
+            return Some((status, serde_json::from_slice(&body[..len]).ok()?));
         }
     }
 }
@@ -129,48 +148,8 @@ pub fn run(duration: Duration, say: &mut dyn FnMut(&str)) -> Result<Vec<DemoCase
     }
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     let backend = spawn(&bin, &s(&["backend", "--port", "0", "--ms", "40"]))?;
-    let backend_addr = format!("127.0.0.1:{}", backend.port);
-    let cases: [(&str, &str, Vec<String>); 3] = [
-        (
-            "cpu-bound",
-            "scale_up",
-            s(&["serve", "--port", "0", "--workers", "8", "--cpu-ms", "15"]),
-        ),
-        (
-            "slow-downstream",
-            "dependency",
-            s(&[
-                "serve",
-                "--port",
-                "0",
-                "--workers",
-                "16",
-                "--cpu-ms",
-                "2",
-                "--backend",
-                &backend_addr,
-                "--backend-ms",
-                "40",
-            ]),
-        ),
-        (
-            "lock-contended",
-            "scale_out",
-            s(&[
-                "serve",
-                "--port",
-                "0",
-                "--workers",
-                "16",
-                "--cpu-ms",
-                "1",
-                "--lock-ms",
-                "8",
-            ]),
-        ),
-    ];
     let mut results = Vec::new();
-    for (name, expect, args) in cases {
+    for (name, expect, args) in sample_cases(&format!("127.0.0.1:{}", backend.port)) {
         say(&format!(
             "starting sample service '{name}' ({})",
             args.join(" ")
@@ -206,6 +185,50 @@ pub fn run(duration: Duration, say: &mut dyn FnMut(&str)) -> Result<Vec<DemoCase
     Ok(results)
 }
 
+/// The three sample services: name, the verdict they should get, and the workload's arguments.
+fn sample_cases(backend_addr: &str) -> [(&'static str, &'static str, Vec<String>); 3] {
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    [
+        (
+            "cpu-bound",
+            "scale_up",
+            s(&["serve", "--port", "0", "--workers", "8", "--cpu-ms", "15"]),
+        ),
+        (
+            "slow-downstream",
+            "dependency",
+            s(&[
+                "serve",
+                "--port",
+                "0",
+                "--workers",
+                "16",
+                "--cpu-ms",
+                "2",
+                "--backend",
+                backend_addr,
+                "--backend-ms",
+                "40",
+            ]),
+        ),
+        (
+            "lock-contended",
+            "scale_out",
+            s(&[
+                "serve",
+                "--port",
+                "0",
+                "--workers",
+                "16",
+                "--cpu-ms",
+                "1",
+                "--lock-ms",
+                "8",
+            ]),
+        ),
+    ]
+}
+
 fn spawn_load(bin: &Path, port: u16, concurrency: u32, seconds: u64) -> Result<Proc, DemoError> {
     let mut child = Command::new(bin)
         .args([
@@ -217,6 +240,7 @@ fn spawn_load(bin: &Path, port: u16, concurrency: u32, seconds: u64) -> Result<P
             "--duration-s",
             &seconds.to_string(),
         ])
+        .env(DEMO_ENV, std::process::id().to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
