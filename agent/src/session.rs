@@ -106,6 +106,9 @@ pub struct Session {
     names: DependencyNames,
     budget: Budget,
     inode_owner: HashMap<u64, (u32, i32)>,
+    /// The fd map being replaced during a scan (reused across targets and discoveries).
+    fd_scratch: HashMap<i32, u64>,
+    discoveries: u64,
     threads_known: ThreadKnowledge,
     host_cores: u32,
     clock_ticks: f64,
@@ -220,6 +223,8 @@ impl Session {
                 ..Budget::default()
             },
             inode_owner: HashMap::new(),
+            fd_scratch: HashMap::new(),
+            discoveries: 0,
             threads_known: ThreadKnowledge::default(),
             last_step: None,
             last_discovery: None,
@@ -434,7 +439,21 @@ impl Session {
                 continue;
             }
             if !t.fds_denied {
-                match scan_fds(&dir, &mut t.fds, &mut t.epoll_fds) {
+                // Every tenth discovery re-reads every link: an fd whose socket was closed and
+                // reused while a dup kept the old inode open is not missed for long.
+                let open = self
+                    .sockets
+                    .as_ref()
+                    .filter(|_| self.discoveries % 10 != 0)
+                    .map(|s| &s.open_at_dump);
+                let known = |inode: u64| open.is_some_and(|o| o.contains(&inode));
+                match scan_fds(
+                    &dir,
+                    &mut t.fds,
+                    &mut t.epoll_fds,
+                    &mut self.fd_scratch,
+                    &known,
+                ) {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
                         t.fds_denied = true;
@@ -454,6 +473,7 @@ impl Session {
                 self.inode_owner.insert(inode, (t.pid, fd));
             }
         }
+        self.discoveries += 1;
         let owner = &self.inode_owner;
         self.threads_known
             .readers
@@ -699,12 +719,19 @@ impl Session {
     }
 }
 
-/// Maps the process's socket fds to inodes. Rebuilt whole each time: fd numbers are reused.
+/// Maps the process's socket fds to inodes. Rebuilt each time (fd numbers are reused), but an fd
+/// last seen on a socket that was still open at the last dump (`known`) keeps its inode without
+/// a readlink: a closed socket's fd is re-read, and a reused fd number whose old socket stayed
+/// open through a dup is caught by the periodic full re-read. On a server with 10,000
+/// connections, that readlink per fd per discovery was a sixth of the agent's CPU.
 fn scan_fds(
     proc_pid: &Path,
     out: &mut HashMap<i32, u64>,
     epolls: &mut Vec<i32>,
+    previous: &mut HashMap<i32, u64>,
+    known: &dyn Fn(u64) -> bool,
 ) -> std::io::Result<()> {
+    std::mem::swap(out, previous);
     out.clear();
     epolls.clear();
     let fd_dir = proc_pid.join("fd");
@@ -717,6 +744,12 @@ fn scan_fds(
         else {
             continue;
         };
+        if let Some(&inode) = previous.get(&fd) {
+            if known(inode) {
+                out.insert(fd, inode);
+                continue;
+            }
+        }
         let Ok(target) = std::fs::read_link(entry.path()) else {
             continue; // closed since readdir
         };
@@ -927,5 +960,47 @@ impl Oracle<'_> {
             _ if *registers_connections => Reader::Unread,
             _ => Reader::Unknown,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(dir: &Path, fd: i32, target: &str) {
+        let path = dir.join("fd").join(fd.to_string());
+        let _ = std::fs::remove_file(&path);
+        std::os::unix::fs::symlink(target, path).unwrap();
+    }
+
+    #[test]
+    fn an_fd_on_a_socket_still_open_is_not_read_again_and_a_closed_one_is() {
+        let dir = std::env::temp_dir().join(format!("scalewise-scan-fds-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("fd")).unwrap();
+        link(&dir, 3, "socket:[100]");
+        link(&dir, 4, "socket:[200]");
+        link(&dir, 5, "anon_inode:[eventpoll]");
+        link(&dir, 6, "/var/log/app.log");
+        let (mut fds, mut epolls, mut scratch) = (HashMap::new(), Vec::new(), HashMap::new());
+        scan_fds(&dir, &mut fds, &mut epolls, &mut scratch, &|_| false).unwrap();
+        assert_eq!(fds, HashMap::from([(3, 100), (4, 200)]));
+        assert_eq!(epolls, vec![5]);
+
+        // Both fd numbers now hold new sockets; only 100 was open at the last dump (so fd 3 is
+        // taken to be unchanged until the periodic full read), 200 was closed: fd 4 is re-read.
+        link(&dir, 3, "socket:[300]");
+        link(&dir, 4, "socket:[400]");
+        std::fs::remove_file(dir.join("fd").join("6")).unwrap();
+        let open = |inode: u64| inode == 100;
+        scan_fds(&dir, &mut fds, &mut epolls, &mut scratch, &open).unwrap();
+        assert_eq!(fds, HashMap::from([(3, 100), (4, 400)]));
+        // The full read.
+        scan_fds(&dir, &mut fds, &mut epolls, &mut scratch, &|_| false).unwrap();
+        assert_eq!(fds, HashMap::from([(3, 300), (4, 400)]));
+        // A closed fd disappears whatever its socket.
+        std::fs::remove_file(dir.join("fd").join("3")).unwrap();
+        scan_fds(&dir, &mut fds, &mut epolls, &mut scratch, &|_| true).unwrap();
+        assert_eq!(fds, HashMap::from([(4, 400)]));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -305,6 +305,9 @@ pub struct SocketSampler {
     skipped: (usize, usize),
     /// Idle connections and the probability each was looked up with, in the last round.
     pub idle_sampled: (usize, f64),
+    /// Inodes of the service's sockets open at the last full dump: an fd still mapped to one
+    /// needs no new readlink (see `session::scan_fds`).
+    pub open_at_dump: HashSet<u64>,
 }
 
 impl SocketSampler {
@@ -327,6 +330,7 @@ impl SocketSampler {
             weights: HashMap::new(),
             skipped: (0, 0),
             idle_sampled: (0, 1.0),
+            open_at_dump: HashSet::new(),
         })
     }
 
@@ -383,6 +387,7 @@ impl SocketSampler {
         if full {
             self.diag.dump(&mut self.socks)?;
             self.foreign_listeners = false;
+            self.open_at_dump.clear();
             for s in &self.socks {
                 if s.state == TCP_LISTEN {
                     if owned(s.inode) {
@@ -419,6 +424,9 @@ impl SocketSampler {
             let ours = inbound || (s.inode != 0 && owned(s.inode));
             if !ours {
                 continue;
+            }
+            if full && s.inode != 0 {
+                self.open_at_dump.insert(s.inode);
             }
             if inbound && s.inode == 0 && s.state != TCP_ESTABLISHED {
                 continue;
