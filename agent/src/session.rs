@@ -970,19 +970,19 @@ mod tests {
     fn link(dir: &Path, fd: i32, target: &str) {
         let path = dir.join("fd").join(fd.to_string());
         let _ = std::fs::remove_file(&path);
-        std::os::unix::fs::symlink(target, path).unwrap();
+        std::os::unix::fs::symlink(target, path).expect("test fixture");
     }
 
     #[test]
     fn an_fd_on_a_socket_still_open_is_not_read_again_and_a_closed_one_is() {
         let dir = std::env::temp_dir().join(format!("scalewise-scan-fds-{}", std::process::id()));
-        std::fs::create_dir_all(dir.join("fd")).unwrap();
+        std::fs::create_dir_all(dir.join("fd")).expect("test fixture");
         link(&dir, 3, "socket:[100]");
         link(&dir, 4, "socket:[200]");
         link(&dir, 5, "anon_inode:[eventpoll]");
         link(&dir, 6, "/var/log/app.log");
         let (mut fds, mut epolls, mut scratch) = (HashMap::new(), Vec::new(), HashMap::new());
-        scan_fds(&dir, &mut fds, &mut epolls, &mut scratch, &|_| false).unwrap();
+        scan_fds(&dir, &mut fds, &mut epolls, &mut scratch, &|_| false).expect("test fixture");
         assert_eq!(fds, HashMap::from([(3, 100), (4, 200)]));
         assert_eq!(epolls, vec![5]);
 
@@ -990,17 +990,17 @@ mod tests {
         // taken to be unchanged until the periodic full read), 200 was closed: fd 4 is re-read.
         link(&dir, 3, "socket:[300]");
         link(&dir, 4, "socket:[400]");
-        std::fs::remove_file(dir.join("fd").join("6")).unwrap();
+        std::fs::remove_file(dir.join("fd").join("6")).expect("test fixture");
         let open = |inode: u64| inode == 100;
-        scan_fds(&dir, &mut fds, &mut epolls, &mut scratch, &open).unwrap();
+        scan_fds(&dir, &mut fds, &mut epolls, &mut scratch, &open).expect("test fixture");
         assert_eq!(fds, HashMap::from([(3, 100), (4, 400)]));
         // The full read.
-        scan_fds(&dir, &mut fds, &mut epolls, &mut scratch, &|_| false).unwrap();
+        scan_fds(&dir, &mut fds, &mut epolls, &mut scratch, &|_| false).expect("test fixture");
         assert_eq!(fds, HashMap::from([(3, 300), (4, 400)]));
         // A closed fd disappears whatever its socket.
-        std::fs::remove_file(dir.join("fd").join("3")).unwrap();
-        scan_fds(&dir, &mut fds, &mut epolls, &mut scratch, &|_| true).unwrap();
+        std::fs::remove_file(dir.join("fd").join("3")).expect("test fixture");
+        scan_fds(&dir, &mut fds, &mut epolls, &mut scratch, &|_| true).expect("test fixture");
         assert_eq!(fds, HashMap::from([(4, 400)]));
-        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).expect("test fixture");
     }
 }
