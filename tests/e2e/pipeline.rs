@@ -166,6 +166,15 @@ fn agents_and_collector_agree_with_diagnose_and_the_truth() {
         &truth_orders,
     );
     assert_eq!(c_orders["verdict"], "dependency");
+    // What the report needs beyond the budget travels too: the runtime the agents detected
+    // (as `diagnose` does) and an instance's resident memory.
+    assert!(c_orders["runtime"]["name"].is_string(), "{c_orders:#}");
+    assert_eq!(
+        c_orders["runtime"]["name"], d_orders["runtime"]["name"],
+        "{c_orders:#}"
+    );
+    let rss = c_orders["memory_bytes"].as_f64().unwrap_or(0.0);
+    assert!(rss > 1e6 && rss < 1e9, "{c_orders:#}");
     compare("locks", &c_locks, &d_locks, &after[2].delta(&before[2]));
     assert_eq!(c_locks["verdict"], "scale_out");
 }

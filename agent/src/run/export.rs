@@ -88,6 +88,12 @@ pub fn resource_attributes(meta: &InstanceMeta) -> Vec<KeyValue> {
     for (k, v) in &meta.service.attrs {
         attrs.push(KeyValue::new(*k, v.clone()));
     }
+    if let Some(r) = &meta.runtime {
+        attrs.push(KeyValue::new("process.runtime.name", r.name.clone()));
+        if let Some(v) = &r.version {
+            attrs.push(KeyValue::new("process.runtime.version", v.clone()));
+        }
+    }
     attrs
 }
 

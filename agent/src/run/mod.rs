@@ -72,6 +72,8 @@ pub struct InstanceMeta {
     /// When the instance started counting: the OTLP `start_time_unix_nano`.
     pub start: SystemTime,
     pub members: Vec<ProcId>,
+    /// The runtime detected at start (`process.runtime.*`), for the report.
+    pub runtime: Option<scalewise_collector::engine::Runtime>,
 }
 
 /// The latest snapshot of one instance.

@@ -219,6 +219,7 @@ impl Sampler {
             let pids: Vec<u32> = g.members.iter().map(|m| m.pid).collect();
             let mut cfg = self.template.clone();
             cfg.pids = pids.clone();
+            let runtime = crate::runtime::detect(&cfg.proc_root, &pids);
             let foreign = g.netns != 0 && g.netns != own_netns;
             let created = if foreign {
                 let key = format!("{}@netns:{}", g.service.name, g.netns);
@@ -257,6 +258,7 @@ impl Sampler {
                         host: self.host.clone(),
                         start: SystemTime::now(),
                         members: g.members.clone(),
+                        runtime,
                     });
                     tracing::info!(
                         service = %g.service.name,

@@ -132,6 +132,8 @@ pub struct Resource {
     pub k8s_node: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_version: Option<String>,
 }
 
 /// Where a received value goes in the instance's snapshot.
@@ -303,6 +305,7 @@ pub fn reports(
             k8s_namespace: attr(res_attrs, "k8s.namespace.name").map(&mut bound),
             k8s_node: attr(res_attrs, "k8s.node.name").map(&mut bound),
             runtime: attr(res_attrs, "process.runtime.name").map(&mut bound),
+            runtime_version: attr(res_attrs, "process.runtime.version").map(&mut bound),
         };
         let mut report = Report {
             resource,

@@ -395,10 +395,21 @@ impl App {
         }
         pids.sort_unstable();
         pids.dedup();
-        (
-            engine::diagnose(service, &pids, &budget, &self.thresholds),
-            views,
-        )
+        let mut diagnosis = engine::diagnose(service, &pids, &budget, &self.thresholds);
+        // What the report needs beyond the budget: the runtime the agents detected (resource
+        // attributes) and the mean resident memory of an instance.
+        diagnosis.runtime = views.iter().find_map(|v| {
+            Some(engine::Runtime {
+                name: v.resource.runtime.clone()?,
+                version: v.resource.runtime_version.clone(),
+                evidence: "process.runtime.* resource attributes".to_string(),
+            })
+        });
+        let rss: Vec<f64> = views.iter().filter_map(|v| v.rss_bytes).collect();
+        if !rss.is_empty() {
+            diagnosis.memory_bytes = Some((rss.iter().sum::<f64>() / rss.len() as f64) as u64);
+        }
+        (diagnosis, views)
     }
 
     /// The diagnosis of `service` over the last `window_ms` before `now_ms`.
