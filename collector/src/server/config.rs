@@ -97,6 +97,22 @@ pub fn parse_duration(s: &str) -> Result<Dur, ConfigError> {
     Ok(Dur(ms.round() as u64))
 }
 
+/// Windows longer than this are refused by the REST API (the store keeps 30 days by default).
+pub const MAX_WINDOW_MS: i64 = 90 * 86_400_000;
+
+/// A REST `window` (or `step`) query parameter, in milliseconds: `default_ms` when absent, else a
+/// duration ([`parse_duration`]) between 1s and 90d. The error is the 400's message.
+pub fn window_param(value: Option<&str>, key: &str, default_ms: i64) -> Result<i64, String> {
+    match value {
+        None => Ok(default_ms),
+        Some(w) => match parse_duration(w) {
+            Ok(d) if d.ms() <= MAX_WINDOW_MS && d.ms() >= 1000 => Ok(d.ms()),
+            Ok(_) => Err(format!("{key} must be between 1s and 90d")),
+            Err(e) => Err(format!("{key}: {e}")),
+        },
+    }
+}
+
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error("not a duration: {0:?} (use 20s, 5m, 1h, 7d or seconds)")]
@@ -256,6 +272,18 @@ mod tests {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
         assert_eq!(Dur::secs(300).to_string(), "5m");
+    }
+
+    #[test]
+    fn window_params_are_between_one_second_and_ninety_days() {
+        assert_eq!(window_param(None, "window", 300_000), Ok(300_000));
+        assert_eq!(window_param(Some("1h"), "window", 0), Ok(3_600_000));
+        assert_eq!(window_param(Some("90d"), "window", 0), Ok(MAX_WINDOW_MS));
+        let e = window_param(Some("999ms"), "step", 0).expect_err("too short");
+        assert_eq!(e, "step must be between 1s and 90d");
+        assert!(window_param(Some("91d"), "window", 0).is_err());
+        let e = window_param(Some("soon"), "window", 0).expect_err("not a duration");
+        assert!(e.starts_with("window: not a duration"), "{e}");
     }
 
     #[test]
