@@ -43,7 +43,10 @@ impl TryFrom<DurText> for Dur {
     fn try_from(t: DurText) -> Result<Dur, ConfigError> {
         match t {
             DurText::Text(s) => parse_duration(&s),
-            DurText::Secs(s) => Ok(Dur::secs(s)),
+            // Whole seconds get the text's bounds: no zero, no overflow past ten years.
+            DurText::Secs(s) => {
+                bounded_ms(s as f64 * 1000.0).ok_or_else(|| ConfigError::Duration(s.to_string()))
+            }
         }
     }
 }
@@ -89,12 +92,14 @@ pub fn parse_duration(s: &str) -> Result<Dur, ConfigError> {
         (t, 1000.0)
     };
     let v: f64 = num.trim().parse().map_err(|_| bad())?;
-    let ms = v * mult;
-    // Up to ten years; anything longer is a mistake.
-    if !ms.is_finite() || ms <= 0.0 || ms > 3.2e11 {
-        return Err(bad());
-    }
-    Ok(Dur(ms.round() as u64))
+    bounded_ms(v * mult).ok_or_else(bad)
+}
+
+/// A duration of `ms` milliseconds, rounded, if it is at least one millisecond and at most ten
+/// years (anything longer is a mistake; anything shorter would be a zero duration).
+fn bounded_ms(ms: f64) -> Option<Dur> {
+    let ms = ms.round();
+    (ms.is_finite() && (1.0..=3.2e11).contains(&ms)).then_some(Dur(ms as u64))
 }
 
 /// Windows longer than this are refused by the REST API (the store keeps 30 days by default).
@@ -272,6 +277,28 @@ mod tests {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
         assert_eq!(Dur::secs(300).to_string(), "5m");
+    }
+
+    #[test]
+    fn no_duration_is_zero_or_overflows() {
+        // Found by the collector_config fuzz target: whole seconds skipped the text's bounds
+        // (`metrics_window = 0` was accepted, a huge count overflowed), and under half a
+        // millisecond of text rounded to a zero duration.
+        let p = std::path::Path::new("x.toml");
+        for bad in [
+            "metrics_window = 0",
+            "instance_ttl = 9223372036854775807",
+            "flush_interval = 320000001",
+            "metrics_window = \"0.1ms\"",
+        ] {
+            assert!(Config::from_toml(bad, p).is_err(), "{bad}");
+        }
+        assert!(parse_duration("0.4ms").is_err());
+        assert_eq!(parse_duration("0.5ms").expect("rounds up"), Dur(1));
+        let cfg = Config::from_toml("metrics_window = 120\ninstance_ttl = 320000000", p)
+            .expect("whole seconds");
+        assert_eq!(cfg.metrics_window, Dur::secs(120));
+        assert_eq!(cfg.instance_ttl, Dur::secs(320_000_000));
     }
 
     #[test]
