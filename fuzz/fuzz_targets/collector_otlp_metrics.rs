@@ -178,10 +178,7 @@ fn check(data: &[u8]) {
         return;
     }
     // The REST default window, and one spanning everything stored.
-    let windows = [
-        (NOW_MS - 300_000, NOW_MS),
-        (t_min.saturating_sub(1), t_max),
-    ];
+    let windows = [(NOW_MS - 300_000, NOW_MS), (t_min.saturating_sub(1), t_max)];
     let thresholds = Thresholds::default();
     let mut fleet = Vec::new();
     for (name, svc) in &mem.services {
@@ -291,5 +288,8 @@ fuzz_target!(|data: &[u8]| {
     check(data);
     let held = PEAK.load(Ordering::Relaxed).saturating_sub(base);
     let bound = heap_bound(&limits());
-    assert!(held <= bound, "one input held {held} bytes of heap (bound {bound})");
+    assert!(
+        held <= bound,
+        "one input held {held} bytes of heap (bound {bound})"
+    );
 });

@@ -58,7 +58,10 @@ fn durations(q: &HashMap<String, String>) {
     for k in [0, steps - 1] {
         let start = from + k * step;
         let end = (start + step).min(NOW_MS);
-        assert!(start < NOW_MS && end <= NOW_MS && start < end, "{window} {step} {k}");
+        assert!(
+            start < NOW_MS && end <= NOW_MS && start < end,
+            "{window} {step} {k}"
+        );
     }
 }
 

@@ -51,7 +51,9 @@ fuzz_target!(|data: &[u8]| {
     .into_iter()
     .chain(p.gc.tune_factor.as_ref())
     {
-        assert!(r.low.is_finite() && r.high.is_finite() && r.low <= r.central && r.central <= r.high);
+        assert!(
+            r.low.is_finite() && r.high.is_finite() && r.low <= r.central && r.central <= r.high
+        );
     }
     assert_eq!(profiles.get(&p.name), Some(&p));
     let printed = toml::to_string(&p).expect("an accepted profile prints");
