@@ -177,6 +177,10 @@ fn check(data: &[u8]) {
     if mem.services.is_empty() {
         return;
     }
+    if t_min > t_max {
+        // Only metadata arrived (memory, notes): no snapshot to span.
+        (t_min, t_max) = (NOW_MS - 1, NOW_MS);
+    }
     // The REST default window, and one spanning everything stored.
     let windows = [(NOW_MS - 300_000, NOW_MS), (t_min.saturating_sub(1), t_max)];
     let thresholds = Thresholds::default();
