@@ -43,7 +43,10 @@ impl TryFrom<DurText> for Dur {
     fn try_from(t: DurText) -> Result<Dur, ConfigError> {
         match t {
             DurText::Text(s) => parse_duration(&s),
-            DurText::Secs(s) => Ok(Dur::secs(s)),
+            // Whole seconds get the text's bounds: no zero, no overflow past ten years.
+            DurText::Secs(s) => {
+                bounded_ms(s as f64 * 1000.0).ok_or_else(|| ConfigError::Duration(s.to_string()))
+            }
         }
     }
 }
@@ -89,12 +92,30 @@ pub fn parse_duration(s: &str) -> Result<Dur, ConfigError> {
         (t, 1000.0)
     };
     let v: f64 = num.trim().parse().map_err(|_| bad())?;
-    let ms = v * mult;
-    // Up to ten years; anything longer is a mistake.
-    if !ms.is_finite() || ms <= 0.0 || ms > 3.2e11 {
-        return Err(bad());
+    bounded_ms(v * mult).ok_or_else(bad)
+}
+
+/// A duration of `ms` milliseconds, rounded, if it is at least one millisecond and at most ten
+/// years (anything longer is a mistake; anything shorter would be a zero duration).
+fn bounded_ms(ms: f64) -> Option<Dur> {
+    let ms = ms.round();
+    (ms.is_finite() && (1.0..=3.2e11).contains(&ms)).then_some(Dur(ms as u64))
+}
+
+/// Windows longer than this are refused by the REST API (the store keeps 30 days by default).
+pub const MAX_WINDOW_MS: i64 = 90 * 86_400_000;
+
+/// A REST `window` (or `step`) query parameter, in milliseconds: `default_ms` when absent, else a
+/// duration ([`parse_duration`]) between 1s and 90d. The error is the 400's message.
+pub fn window_param(value: Option<&str>, key: &str, default_ms: i64) -> Result<i64, String> {
+    match value {
+        None => Ok(default_ms),
+        Some(w) => match parse_duration(w) {
+            Ok(d) if d.ms() <= MAX_WINDOW_MS && d.ms() >= 1000 => Ok(d.ms()),
+            Ok(_) => Err(format!("{key} must be between 1s and 90d")),
+            Err(e) => Err(format!("{key}: {e}")),
+        },
     }
-    Ok(Dur(ms.round() as u64))
 }
 
 #[derive(Debug, Error)]
@@ -256,6 +277,40 @@ mod tests {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
         assert_eq!(Dur::secs(300).to_string(), "5m");
+    }
+
+    #[test]
+    fn no_duration_is_zero_or_overflows() {
+        // Found by the collector_config fuzz target: whole seconds skipped the text's bounds
+        // (`metrics_window = 0` was accepted, a huge count overflowed), and under half a
+        // millisecond of text rounded to a zero duration.
+        let p = std::path::Path::new("x.toml");
+        for bad in [
+            "metrics_window = 0",
+            "instance_ttl = 9223372036854775807",
+            "flush_interval = 320000001",
+            "metrics_window = \"0.1ms\"",
+        ] {
+            assert!(Config::from_toml(bad, p).is_err(), "{bad}");
+        }
+        assert!(parse_duration("0.4ms").is_err());
+        assert_eq!(parse_duration("0.5ms").expect("rounds up"), Dur(1));
+        let cfg = Config::from_toml("metrics_window = 120\ninstance_ttl = 320000000", p)
+            .expect("whole seconds");
+        assert_eq!(cfg.metrics_window, Dur::secs(120));
+        assert_eq!(cfg.instance_ttl, Dur::secs(320_000_000));
+    }
+
+    #[test]
+    fn window_params_are_between_one_second_and_ninety_days() {
+        assert_eq!(window_param(None, "window", 300_000), Ok(300_000));
+        assert_eq!(window_param(Some("1h"), "window", 0), Ok(3_600_000));
+        assert_eq!(window_param(Some("90d"), "window", 0), Ok(MAX_WINDOW_MS));
+        let e = window_param(Some("999ms"), "step", 0).expect_err("too short");
+        assert_eq!(e, "step must be between 1s and 90d");
+        assert!(window_param(Some("91d"), "window", 0).is_err());
+        let e = window_param(Some("soon"), "window", 0).expect_err("not a duration");
+        assert!(e.starts_with("window: not a duration"), "{e}");
     }
 
     #[test]

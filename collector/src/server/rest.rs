@@ -15,12 +15,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use prost::Message;
 
-use super::config::parse_duration;
+use super::config;
 use super::ingest::{decode_body, Format, IngestError};
 use super::{metrics, now_ms, page, App};
 
-/// Windows longer than this are refused (the store keeps 30 days by default).
-const MAX_WINDOW_MS: i64 = 90 * 86_400_000;
 const DEFAULT_WINDOW_MS: i64 = 300_000;
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -189,17 +187,8 @@ impl IntoResponse for Refusal {
 
 /// `window` (and `step`) from the query: `20s`, `5m`, `1h` or seconds.
 fn window_param(q: &HashMap<String, String>, key: &str, default_ms: i64) -> Result<i64, Refusal> {
-    match q.get(key) {
-        None => Ok(default_ms),
-        Some(w) => match parse_duration(w) {
-            Ok(d) if d.ms() <= MAX_WINDOW_MS && d.ms() >= 1000 => Ok(d.ms()),
-            Ok(_) => Err(Refusal(
-                StatusCode::BAD_REQUEST,
-                format!("{key} must be between 1s and 90d"),
-            )),
-            Err(e) => Err(Refusal(StatusCode::BAD_REQUEST, format!("{key}: {e}"))),
-        },
-    }
+    config::window_param(q.get(key).map(String::as_str), key, default_ms)
+        .map_err(|m| Refusal(StatusCode::BAD_REQUEST, m))
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Refusal> {
