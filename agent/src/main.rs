@@ -130,6 +130,10 @@ enum Cmd {
         /// A file holding a bearer token for the collector.
         #[arg(long, value_name = "FILE", requires = "collector")]
         collector_token_file: Option<std::path::PathBuf>,
+        /// PEM CA certificate(s) to trust for an https:// collector (a self-signed deployment),
+        /// on top of the system roots.
+        #[arg(long, value_name = "FILE", requires = "collector")]
+        collector_ca: Option<std::path::PathBuf>,
         /// Seconds between exports.
         #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
         export_interval: f64,
@@ -311,6 +315,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             all_namespaces,
             collector,
             collector_token_file,
+            collector_ca,
             export_interval,
             metrics_listen,
             discovery_interval,
@@ -368,6 +373,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 target_interval,
                 collector,
                 collector_token_file,
+                collector_ca,
                 export_interval,
                 metrics_listen,
             };

@@ -32,6 +32,25 @@ struct Args {
     /// Allow a non-loopback listen without tokens.
     #[arg(long)]
     insecure: bool,
+    /// PEM certificate chain: serve HTTPS on --listen and gRPC over TLS on --grpc-listen
+    /// (needs --tls-key). TLS does not replace --token-file.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Most open connections, both listeners together; more are closed at once [default: 1024].
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// A connection's TLS handshake and request headers must arrive within this [default: 30s].
+    #[arg(long, value_parser = dur)]
+    header_timeout: Option<Dur>,
+    /// An OTLP/HTTP body must arrive within this after its headers [default: 10s].
+    #[arg(long, value_parser = dur)]
+    body_timeout: Option<Dur>,
+    /// Every request is answered (or refused) within this [default: 30s].
+    #[arg(long, value_parser = dur)]
+    request_timeout: Option<Dur>,
     /// How often snapshots are written to SQLite (e.g. 5s) [default: 5s].
     #[arg(long, value_parser = dur)]
     flush_interval: Option<Dur>,
@@ -71,6 +90,24 @@ fn config(args: &Args) -> anyhow::Result<Config> {
         c.token_file = Some(v.clone());
     }
     c.insecure |= args.insecure;
+    if let Some(v) = &args.tls_cert {
+        c.tls_cert = Some(v.clone());
+    }
+    if let Some(v) = &args.tls_key {
+        c.tls_key = Some(v.clone());
+    }
+    if let Some(v) = args.max_connections {
+        c.limits.max_connections = v;
+    }
+    if let Some(v) = args.header_timeout {
+        c.limits.header_timeout = v;
+    }
+    if let Some(v) = args.body_timeout {
+        c.limits.body_timeout = v;
+    }
+    if let Some(v) = args.request_timeout {
+        c.limits.request_timeout = v;
+    }
     if let Some(v) = args.flush_interval {
         c.flush_interval = v;
     }
@@ -146,11 +183,13 @@ fn run(cfg: Config) -> anyhow::Result<()> {
             ),
             None => None,
         };
+        let scheme = if app.tls.is_some() { "https" } else { "http" };
         tracing::info!(
             listen = %http.local_addr()?,
             grpc = ?grpc.as_ref().and_then(|g| g.local_addr().ok()),
+            tls = app.tls.is_some(),
             data_dir = %cfg.data_dir.display(),
-            "scalewise-collector serving; web page at http://{}/",
+            "scalewise-collector serving; web page at {scheme}://{}/",
             http.local_addr()?
         );
         serve(app, http, grpc, shutdown_signal()).await?;

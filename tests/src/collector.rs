@@ -35,6 +35,8 @@ pub struct Collector {
     pub data_dir: PathBuf,
     child: Option<Child>,
     args: Vec<String>,
+    /// With TLS: the CA its certificate chains to (the collector is reached over HTTPS).
+    ca: Option<PathBuf>,
 }
 
 impl Collector {
@@ -45,11 +47,28 @@ impl Collector {
 
     /// Starts a collector on `data_dir` (reopening a store left by an earlier one).
     pub fn start_in(data_dir: &Path, extra: &[&str]) -> anyhow::Result<Collector> {
+        Collector::start_with(data_dir, None, extra)
+    }
+
+    /// Starts a collector serving TLS with `cert` and `key`, reached over HTTPS trusting `ca`.
+    pub fn start_tls(
+        ca: &Path,
+        cert: &Path,
+        key: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<Collector> {
+        let mut args: Vec<&str> = vec!["--tls-cert", path_str(cert)?, "--tls-key", path_str(key)?];
+        args.extend(extra);
+        Collector::start_with(&temp_dir("collector"), Some(ca), &args)
+    }
+
+    fn start_with(data_dir: &Path, ca: Option<&Path>, extra: &[&str]) -> anyhow::Result<Collector> {
         let mut c = Collector {
             port: free_port(),
             data_dir: data_dir.to_path_buf(),
             child: None,
             args: extra.iter().map(|s| s.to_string()).collect(),
+            ca: ca.map(Path::to_path_buf),
         };
         c.spawn()?;
         Ok(c)
@@ -88,7 +107,8 @@ impl Collector {
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.ca.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// SIGTERM and wait: the collector flushes and exits.
@@ -116,7 +136,7 @@ impl Collector {
     }
 
     pub fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
-        get(&format!("{}{path}", self.url()), None)
+        get_with(&format!("{}{path}", self.url()), None, self.ca.as_deref())
     }
 
     pub fn json(&self, path: &str) -> anyhow::Result<serde_json::Value> {
@@ -175,10 +195,40 @@ impl Drop for Collector {
     }
 }
 
+fn path_str(p: &Path) -> anyhow::Result<&str> {
+    p.to_str()
+        .ok_or_else(|| anyhow!("not UTF-8: {}", p.display()))
+}
+
 fn agent() -> ureq::Agent {
     ureq::AgentBuilder::new()
         .timeout(Duration::from_secs(60))
         .build()
+}
+
+/// A rustls client configuration trusting only the certificates of the PEM file `ca`.
+pub fn client_tls(ca: &Path) -> anyhow::Result<std::sync::Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca)? {
+        roots.add(c?)?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    Ok(std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    ))
+}
+
+/// An HTTP client for a collector: HTTPS trusting `ca` when given.
+pub fn http_agent(ca: Option<&Path>) -> anyhow::Result<ureq::Agent> {
+    let mut b = ureq::AgentBuilder::new().timeout(Duration::from_secs(60));
+    if let Some(ca) = ca {
+        b = b.tls_config(client_tls(ca)?);
+    }
+    Ok(b.build())
 }
 
 fn read(r: ureq::Response) -> anyhow::Result<(u16, Vec<u8>)> {
@@ -189,7 +239,16 @@ fn read(r: ureq::Response) -> anyhow::Result<(u16, Vec<u8>)> {
 }
 
 pub fn get(url: &str, token: Option<&str>) -> anyhow::Result<(u16, String)> {
-    let mut req = agent().get(url);
+    get_with(url, token, None)
+}
+
+/// [`get`] over HTTPS trusting `ca` when given.
+pub fn get_with(
+    url: &str,
+    token: Option<&str>,
+    ca: Option<&Path>,
+) -> anyhow::Result<(u16, String)> {
+    let mut req = http_agent(ca)?.get(url);
     if let Some(t) = token {
         req = req.set("Authorization", &format!("Bearer {t}"));
     }

@@ -153,6 +153,35 @@ fn entry(meta: &InstanceMeta) -> Entry {
     }
 }
 
+/// The exporter's HTTP client: reqwest on rustls (`ring`), trusting the system roots and, for a
+/// self-signed collector, the certificates of `ca_file` too. The timeout is the client's: the
+/// exporter's own applies only to a client it builds itself.
+pub fn http_client(
+    ca_file: Option<&std::path::Path>,
+    timeout: Duration,
+) -> Result<reqwest::Client, RunError> {
+    crate::tls::init();
+    let mut builder = reqwest::Client::builder().timeout(timeout);
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path).map_err(|source| RunError::CaRead {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let bad = |message: String| RunError::CaParse {
+            path: path.to_path_buf(),
+            message,
+        };
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(bad("no CERTIFICATE block".to_string()));
+        }
+        builder = builder.tls_certs_merge(certs);
+    }
+    builder
+        .build()
+        .map_err(|e| RunError::Exporter(format!("HTTP client: {e}")))
+}
+
 pub struct Exporter {
     exporter: Arc<opentelemetry_otlp::MetricExporter>,
     entries: HashMap<String, Entry>,
@@ -166,6 +195,7 @@ impl Exporter {
     pub fn new(
         base: &str,
         token_file: Option<&std::path::Path>,
+        ca_file: Option<&std::path::Path>,
         shared: Arc<Shared>,
     ) -> Result<Exporter, RunError> {
         let endpoint = format!("{}/v1/metrics", base.trim_end_matches('/'));
@@ -181,13 +211,15 @@ impl Exporter {
             }
             headers.insert("authorization".to_string(), format!("Bearer {token}"));
         }
-        crate::tls::init();
+        let timeout = Duration::from_secs(10);
+        let client = http_client(ca_file, timeout)?;
         let exporter = opentelemetry_otlp::MetricExporter::builder()
             .with_http()
+            .with_http_client(client)
             .with_endpoint(endpoint.clone())
             .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
             .with_compression(opentelemetry_otlp::Compression::Gzip)
-            .with_timeout(Duration::from_secs(10))
+            .with_timeout(timeout)
             .with_headers(headers)
             .with_temporality(Temporality::Cumulative)
             .build()

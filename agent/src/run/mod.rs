@@ -41,6 +41,13 @@ pub enum RunError {
     },
     #[error("the collector token file {0} is empty")]
     EmptyToken(PathBuf),
+    #[error("cannot read the collector CA file {path}: {source}")]
+    CaRead {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the collector CA file {path} holds no PEM certificate: {message}")]
+    CaParse { path: PathBuf, message: String },
     #[error("cannot build the OTLP exporter: {0}")]
     Exporter(String),
     #[error("cannot start the sampling thread: {0}")]
@@ -57,6 +64,8 @@ pub struct RunConfig {
     /// The collector's base URL (`http://host:4318`); metrics go to `URL/v1/metrics`.
     pub collector: Option<String>,
     pub collector_token_file: Option<PathBuf>,
+    /// PEM CA certificates trusted for an `https://` collector, on top of the system roots.
+    pub collector_ca: Option<PathBuf>,
     pub export_interval: Duration,
     pub metrics_listen: Option<SocketAddr>,
 }
@@ -171,6 +180,7 @@ async fn run_async(cfg: RunConfig) -> Result<(), RunError> {
         Some(url) => Some(export::Exporter::new(
             url,
             cfg.collector_token_file.as_deref(),
+            cfg.collector_ca.as_deref(),
             shared.clone(),
         )?),
         None => None,

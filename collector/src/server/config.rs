@@ -186,6 +186,11 @@ pub struct Config {
     pub token_file: Option<PathBuf>,
     /// Listen on a non-loopback address without tokens (behind a trusted proxy or mesh).
     pub insecure: bool,
+    /// PEM certificate chain (server certificate first). With `tls_key`, both listeners serve
+    /// TLS only (HTTPS and gRPC over TLS).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert` (PKCS#8, PKCS#1 or SEC1).
+    pub tls_key: Option<PathBuf>,
     /// How often received snapshots are written to SQLite: a `kill -9` loses at most this much.
     pub flush_interval: Dur,
     /// The window of the engine results in `/metrics` and of the fleet page.
@@ -210,6 +215,8 @@ impl Default for Config {
             data_dir: PathBuf::from("scalewise-data"),
             token_file: None,
             insecure: false,
+            tls_cert: None,
+            tls_key: None,
             flush_interval: Dur::secs(5),
             metrics_window: Dur::secs(300),
             memory_retention: Dur::secs(600),
@@ -247,6 +254,16 @@ impl Config {
                 "listening on a non-loopback address ({}) needs --token-file (or --insecure)",
                 self.listen
             )));
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(ConfigError::Invalid(
+                "TLS needs both --tls-cert and --tls-key".to_string(),
+            ));
+        }
+        if self.limits.max_connections == 0 {
+            return Err(ConfigError::Invalid(
+                "max_connections must be at least 1".to_string(),
+            ));
         }
         if self.memory_retention < self.metrics_window {
             return Err(ConfigError::Invalid(
@@ -338,5 +355,19 @@ mod tests {
         let cfg = Config::from_toml("listen = \"0.0.0.0:4318\"\ninsecure = true", p).expect("ok");
         assert!(cfg.validate().is_ok());
         assert!(Config::default().validate().is_ok());
+        // TLS alone does not replace tokens, and needs both halves.
+        let tls = "tls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n";
+        let cfg = Config::from_toml(&format!("listen = \"0.0.0.0:4318\"\n{tls}"), p).expect("ok");
+        assert!(cfg.validate().is_err());
+        let cfg = Config::from_toml(
+            &format!("listen = \"0.0.0.0:4318\"\ntoken_file = \"t\"\n{tls}"),
+            p,
+        )
+        .expect("ok");
+        assert!(cfg.validate().is_ok());
+        let cfg = Config::from_toml("tls_cert = \"c.pem\"", p).expect("ok");
+        assert!(cfg.validate().is_err());
+        let cfg = Config::from_toml("[limits]\nrequest_timeout = \"5s\"", p).expect("ok");
+        assert_eq!(cfg.limits.request_timeout, Dur::secs(5));
     }
 }

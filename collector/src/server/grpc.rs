@@ -12,7 +12,7 @@ use opentelemetry_proto::tonic::collector::metrics::v1::{
 use tonic::codec::CompressionEncoding;
 use tonic::{Request, Response, Status};
 
-use super::{now_ms, App, ServerError};
+use super::{now_ms, App};
 
 pub struct Receiver {
     app: Arc<App>,
@@ -41,20 +41,11 @@ impl MetricsService for Receiver {
     }
 }
 
-/// Serves OTLP/gRPC on `listener` until `shutdown` resolves.
-pub async fn serve(
-    app: Arc<App>,
-    listener: tokio::net::TcpListener,
-    shutdown: impl std::future::Future<Output = ()> + Send,
-) -> Result<(), ServerError> {
+/// The OTLP/gRPC service, served by [`super::conn::serve`] like the HTTP router (HTTP/2, TLS
+/// when configured, the same connection limits).
+pub fn service(app: Arc<App>) -> MetricsServiceServer<Receiver> {
     let limit = app.config.limits.max_decompressed_bytes;
-    let svc = MetricsServiceServer::new(Receiver { app })
+    MetricsServiceServer::new(Receiver { app })
         .accept_compressed(CompressionEncoding::Gzip)
-        .max_decoding_message_size(limit);
-    let incoming = tonic::transport::server::TcpIncoming::from(listener);
-    tonic::transport::Server::builder()
-        .add_service(svc)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
-        .map_err(|e| ServerError::Serve(e.to_string()))
+        .max_decoding_message_size(limit)
 }

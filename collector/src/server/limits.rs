@@ -7,6 +7,8 @@ use std::io::Read;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use super::config::Dur;
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
@@ -25,6 +27,15 @@ pub struct Limits {
     pub max_label_length: usize,
     /// Points stamped further than this in the future are refused, in seconds.
     pub max_future_skew_s: u64,
+    /// Open connections over both listeners; further ones are closed at once and counted.
+    pub max_connections: usize,
+    /// A connection must complete its TLS handshake and its first request's headers within this
+    /// long, and later requests' headers too (an idle HTTP/1.1 keep-alive closes after it).
+    pub header_timeout: Dur,
+    /// An OTLP/HTTP body must be read whole within this long after its headers.
+    pub body_timeout: Dur,
+    /// Every request must be answered within this long (body read included).
+    pub request_timeout: Dur,
 }
 
 impl Default for Limits {
@@ -37,6 +48,10 @@ impl Default for Limits {
             max_dependencies_per_service: 64,
             max_label_length: 256,
             max_future_skew_s: 300,
+            max_connections: 1024,
+            header_timeout: Dur::secs(30),
+            body_timeout: Dur::secs(10),
+            request_timeout: Dur::secs(30),
         }
     }
 }

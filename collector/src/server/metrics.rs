@@ -28,6 +28,8 @@ pub struct Telemetry {
     pub instances: IntGauge,
     pub pending: IntGauge,
     pub sqlite_write: Histogram,
+    pub connections_open: IntGauge,
+    pub connections_dropped: IntCounterVec,
 }
 
 impl Default for Telemetry {
@@ -85,6 +87,18 @@ impl Telemetry {
             "Snapshots received and not yet written to SQLite.",
         )
         .unwrap_or_else(|_| unreachable_metric("pending"));
+        let connections_dropped = counter_vec(
+            &registry,
+            "scalewise_collector_connections_dropped_total",
+            "Connections closed by the collector: over max_connections (limit), too slow to send \
+             a handshake or headers (timeout), failed TLS handshakes (tls_handshake).",
+            "reason",
+        );
+        let connections_open = IntGauge::new(
+            "scalewise_collector_connections_open",
+            "Open connections, both listeners.",
+        )
+        .unwrap_or_else(|_| unreachable_metric("connections_open"));
         let sqlite_write = Histogram::with_opts(
             HistogramOpts::new(
                 "scalewise_collector_sqlite_write_seconds",
@@ -98,6 +112,7 @@ impl Telemetry {
             Box::new(instances.clone()),
             Box::new(pending.clone()),
             Box::new(sqlite_write.clone()),
+            Box::new(connections_open.clone()),
         ] {
             let _ = registry.register(c);
         }
@@ -107,6 +122,9 @@ impl Telemetry {
         }
         for l in ["services", "instances", "dependencies", "label_length"] {
             overflow.with_label_values(&[l]);
+        }
+        for r in ["limit", "timeout", "tls_handshake"] {
+            connections_dropped.with_label_values(&[r]);
         }
         Telemetry {
             registry,
@@ -118,7 +136,14 @@ impl Telemetry {
             instances,
             pending,
             sqlite_write,
+            connections_open,
+            connections_dropped,
         }
+    }
+
+    /// One connection closed by the collector, by reason (`limit`, `timeout`, `tls_handshake`).
+    pub fn dropped(&self, reason: &str) {
+        self.connections_dropped.with_label_values(&[reason]).inc();
     }
 }
 

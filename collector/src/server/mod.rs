@@ -13,6 +13,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod conn;
 pub mod grpc;
 pub mod ingest;
 pub mod limits;
@@ -22,6 +23,7 @@ pub mod page;
 pub mod rest;
 pub mod sqlite;
 pub mod store;
+pub mod tls;
 pub mod window;
 
 use std::collections::BTreeMap;
@@ -56,6 +58,8 @@ pub enum ServerError {
     },
     #[error("token file {0} holds no token")]
     NoToken(std::path::PathBuf),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     #[error("listen on {addr}: {source}")]
     Listen {
         addr: std::net::SocketAddr,
@@ -156,6 +160,8 @@ pub struct App {
     db: Mutex<Db>,
     pub telemetry: metrics::Telemetry,
     tokens: auth::Tokens,
+    /// Both listeners serve TLS with this when `tls_cert` and `tls_key` are set.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     ready: AtomicBool,
 }
 
@@ -172,6 +178,10 @@ impl App {
             Some(path) => auth::Tokens::load(path)?,
             None => auth::Tokens::none(),
         };
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
+            _ => None,
+        };
         let db = Db::open(&config.data_dir)?;
         let now = now_ms();
         let mut mem = Memory::default();
@@ -187,6 +197,7 @@ impl App {
             db: Mutex::new(db),
             telemetry: metrics::Telemetry::new(),
             tokens,
+            tls,
             ready: AtomicBool::new(true),
             config,
         });
@@ -556,21 +567,25 @@ pub async fn serve(
             }
         })
     };
+    let transport = conn::Transport::new(&app);
     let grpc_task = grpc.map(|listener| {
-        let app = app.clone();
-        let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            grpc::serve(app, listener, async move {
-                let _ = stop.changed().await;
-            })
-            .await
-        })
+        tokio::spawn(conn::serve(
+            app.clone(),
+            transport.clone(),
+            listener,
+            conn::Kind::Grpc,
+            grpc::service(app.clone()),
+            stop_rx.clone(),
+        ))
     });
-    let mut stop = stop_rx.clone();
-    let http_task = axum::serve(http, router(app.clone())).with_graceful_shutdown(async move {
-        let _ = stop.changed().await;
-    });
-    let http_handle = tokio::spawn(async move { http_task.await });
+    let http_handle = tokio::spawn(conn::serve(
+        app.clone(),
+        transport,
+        http,
+        conn::Kind::Http,
+        router(app.clone()),
+        stop_rx.clone(),
+    ));
     shutdown.await;
     app.ready.store(false, Ordering::Relaxed);
     let _ = stop_tx.send(true);

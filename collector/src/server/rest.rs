@@ -127,9 +127,19 @@ fn reject(
 
 async fn otlp_http(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
     let limits = &app.config.limits;
-    let bytes = match axum::body::to_bytes(body, limits.max_body_bytes).await {
-        Ok(b) => b,
+    let read = axum::body::to_bytes(body, limits.max_body_bytes);
+    let bytes = match tokio::time::timeout(limits.body_timeout.std(), read).await {
+        Ok(Ok(b)) => b,
         Err(_) => {
+            return reject(
+                &app,
+                &headers,
+                "body_timeout",
+                StatusCode::REQUEST_TIMEOUT,
+                format!("body not received within {}", limits.body_timeout),
+            )
+        }
+        Ok(Err(_)) => {
             return reject(
                 &app,
                 &headers,
