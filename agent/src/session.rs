@@ -79,6 +79,8 @@ struct Target {
     /// is waiting on).
     epoll_fds: Vec<i32>,
     fds_denied: bool,
+    /// Whether `/proc/PID/fd` was read at least once (so a refusal came mid-window).
+    fds_read: bool,
     gc: Option<Box<dyn GcSource>>,
     gc_last: Option<f64>,
     /// (window_s, request_s) when the GC reading last changed.
@@ -185,6 +187,7 @@ impl Session {
                 fds: HashMap::new(),
                 epoll_fds: Vec::new(),
                 fds_denied: false,
+                fds_read: false,
                 gc,
                 gc_last: None,
                 gc_mark: (0.0, 0.0),
@@ -435,17 +438,26 @@ impl Session {
             }
             if !t.fds_denied {
                 match scan_fds(&dir, &mut t.fds, &mut t.epoll_fds) {
-                    Ok(()) => {}
+                    Ok(()) => t.fds_read = true,
                     Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
                         t.fds_denied = true;
                         errors.push(("fds", "permission_denied"));
-                        note(
-                            &mut self.notes,
+                        let lacking =
+                            crate::caps::lacking(crate::caps::effective(), crate::caps::PROC_FD);
+                        let text = if t.fds_read {
+                            // It changed credentials or made itself non-dumpable.
                             format!(
-                                "pid {}: cannot read /proc/{}/fd: run as the same user as the service, or grant CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH; without it no request or dependency time is attributed",
+                                "pid {}: /proc/{}/fd became unreadable after {:.1}s of sampling ({lacking}): connections it opens from now on are not seen; grant CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH to follow it",
+                                t.pid, t.pid, self.budget.window_s
+                            )
+                        } else {
+                            format!(
+                                "pid {}: cannot read /proc/{}/fd ({lacking}): run as the same user as the service, or grant CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH; without it no request or dependency time is attributed",
                                 t.pid, t.pid
-                            ),
-                        );
+                            )
+                        };
+                        tracing::warn!("{text}");
+                        note(&mut self.notes, text);
                     }
                     Err(_) => errors.push(("fds", "io")),
                 }

@@ -3,7 +3,7 @@
 //! grows over time, exported as cumulative OTLP counters built from `wire::budget_points`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
@@ -35,6 +35,8 @@ pub struct Collector {
     pub data_dir: PathBuf,
     child: Option<Child>,
     args: Vec<String>,
+    /// A command the collector is started through (another user, a mount namespace).
+    wrapper: Vec<String>,
 }
 
 impl Collector {
@@ -45,18 +47,29 @@ impl Collector {
 
     /// Starts a collector on `data_dir` (reopening a store left by an earlier one).
     pub fn start_in(data_dir: &Path, extra: &[&str]) -> anyhow::Result<Collector> {
+        Collector::start_wrapped(&[], data_dir, extra)
+    }
+
+    /// Starts a collector on `data_dir` through `wrapper`, a command that execs its arguments
+    /// (e.g. [`crate::harness::as_nobody`]), so the child's pid is the collector's.
+    pub fn start_wrapped(
+        wrapper: &[String],
+        data_dir: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<Collector> {
         let mut c = Collector {
             port: free_port(),
             data_dir: data_dir.to_path_buf(),
             child: None,
             args: extra.iter().map(|s| s.to_string()).collect(),
+            wrapper: wrapper.to_vec(),
         };
         c.spawn()?;
         Ok(c)
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
-        let child = Command::new(collector_bin())
+        let child = crate::harness::wrapped(&self.wrapper, collector_bin())
             .arg("--listen")
             .arg(format!("127.0.0.1:{}", self.port))
             .arg("--data-dir")

@@ -7,7 +7,7 @@
 
 use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 
 use super::store::StoredMeta;
@@ -24,6 +24,8 @@ pub struct Telemetry {
     pub points_rejected: IntCounterVec,
     pub requests_rejected: IntCounterVec,
     pub overflow: IntCounterVec,
+    pub sqlite_write_errors: IntCounterVec,
+    pub sqlite_recreated: IntCounter,
     pub services: IntGauge,
     pub instances: IntGauge,
     pub pending: IntGauge,
@@ -76,6 +78,17 @@ impl Telemetry {
             "Points dropped by a cardinality or length bound.",
             "limit",
         );
+        let sqlite_write_errors = counter_vec(
+            &registry,
+            "scalewise_collector_sqlite_write_errors_total",
+            "Flushes to SQLite that failed (kept in memory and retried), by reason.",
+            "reason",
+        );
+        let sqlite_recreated = IntCounter::new(
+            "scalewise_collector_sqlite_recreated_total",
+            "Times the SQLite store was found removed while running and created anew.",
+        )
+        .unwrap_or_else(|_| unreachable_metric("sqlite_recreated"));
         let services = IntGauge::new("scalewise_collector_services", "Services tracked.")
             .unwrap_or_else(|_| unreachable_metric("services"));
         let instances = IntGauge::new("scalewise_collector_instances", "Instances tracked.")
@@ -98,6 +111,7 @@ impl Telemetry {
             Box::new(instances.clone()),
             Box::new(pending.clone()),
             Box::new(sqlite_write.clone()),
+            Box::new(sqlite_recreated.clone()),
         ] {
             let _ = registry.register(c);
         }
@@ -108,12 +122,17 @@ impl Telemetry {
         for l in ["services", "instances", "dependencies", "label_length"] {
             overflow.with_label_values(&[l]);
         }
+        for r in ["disk_full", "io", "other"] {
+            sqlite_write_errors.with_label_values(&[r]);
+        }
         Telemetry {
             registry,
             points_received,
             points_rejected,
             requests_rejected,
             overflow,
+            sqlite_write_errors,
+            sqlite_recreated,
             services,
             instances,
             pending,
