@@ -63,8 +63,14 @@ mod tests {
     fn names_exactly_the_missing_capabilities() {
         let status = "Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t0000000000080004\n";
         let eff = parse_effective(status);
-        assert_eq!(eff, Some((1 << CAP_SYS_PTRACE) | (1 << CAP_DAC_READ_SEARCH)));
-        assert_eq!(lacking(eff, PROC_FD), "the agent holds the capabilities, so a user namespace or a security module refuses it");
+        assert_eq!(
+            eff,
+            Some((1 << CAP_SYS_PTRACE) | (1 << CAP_DAC_READ_SEARCH))
+        );
+        assert_eq!(
+            lacking(eff, PROC_FD),
+            "the agent holds the capabilities, so a user namespace or a security module refuses it"
+        );
         assert_eq!(
             lacking(Some(1 << CAP_DAC_READ_SEARCH), PROC_FD),
             "the agent lacks CAP_SYS_PTRACE"

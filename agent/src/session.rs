@@ -729,8 +729,12 @@ fn scan_fds(
         else {
             continue;
         };
-        let Ok(target) = std::fs::read_link(entry.path()) else {
-            continue; // closed since readdir
+        let target = match std::fs::read_link(entry.path()) {
+            Ok(t) => t,
+            // The directory is listable with CAP_DAC_READ_SEARCH alone, but each link needs
+            // ptrace access (CAP_SYS_PTRACE): refused, not closed.
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return Err(e),
+            Err(_) => continue, // closed since readdir
         };
         let link = target.as_os_str().as_encoded_bytes();
         if let Some(inode) = parse_socket_link(link) {

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use scalewise_collector::server::otlp;
 use scalewise_e2e::collector::{collector_bin, now_ns, temp_dir, Collector, Instance, Profile};
 use scalewise_e2e::harness::{
-    agent_bin, as_nobody, exclusive, free_port, root_with_only, stop, workload_bin, wrapped,
-    NetNs, Service,
+    agent_bin, as_nobody, exclusive, free_port, root_with_only, stop, workload_bin, wrapped, NetNs,
+    Service,
 };
 
 const S: u64 = 1_000_000_000;
@@ -81,7 +81,8 @@ fn a_full_disk_is_counted_served_from_memory_and_recovered_from() {
     .chain([data.to_string_lossy().into_owned()])
     .collect();
     let c = Collector::start_wrapped(&wrapper, &data, &[]).expect("collector on a tmpfs");
-    let inside = PathBuf::from(format!("/proc/{}/root", c.pid())).join(data.strip_prefix("/").unwrap_or(&data));
+    let inside = PathBuf::from(format!("/proc/{}/root", c.pid()))
+        .join(data.strip_prefix("/").unwrap_or(&data));
     let p = Profile::dependency_bound();
     let inst = Instance::new("orders", "orders-1", 11, p.clone(), now_ns() - 30 * S);
     export_for(&c, &inst, 3);
@@ -108,7 +109,9 @@ fn a_full_disk_is_counted_served_from_memory_and_recovered_from() {
     wait_until(10, "a failed flush", || {
         c.metric(failed).unwrap_or(0.0) > before
     });
-    let pending = c.metric("scalewise_collector_pending_snapshots").expect("pending");
+    let pending = c
+        .metric("scalewise_collector_pending_snapshots")
+        .expect("pending");
     assert!(pending > 0.0, "kept in memory for the next flush");
     // Still answering, from memory, with the snapshots the disk refused.
     assert_steady(&c, "orders", "1m", &p);
@@ -125,7 +128,11 @@ fn a_full_disk_is_counted_served_from_memory_and_recovered_from() {
     wait_until(10, "the last exports flushed", || {
         c.metric("scalewise_collector_pending_snapshots").ok() == Some(0.0)
     });
-    assert_eq!(c.metric(failed).expect("counter"), after, "no failure once freed");
+    assert_eq!(
+        c.metric(failed).expect("counter"),
+        after,
+        "no failure once freed"
+    );
     assert_steady(&c, "orders", "1m", &p);
     eprintln!(
         "disk full: {} failed flushes, {pending} snapshots held, all written after",
@@ -144,7 +151,11 @@ fn a_store_removed_while_running_is_created_anew_with_what_memory_holds() {
     wait_until(10, "the first flush", || {
         c.metric("scalewise_collector_pending_snapshots").ok() == Some(0.0)
     });
-    for f in ["scalewise.sqlite", "scalewise.sqlite-wal", "scalewise.sqlite-shm"] {
+    for f in [
+        "scalewise.sqlite",
+        "scalewise.sqlite-wal",
+        "scalewise.sqlite-shm",
+    ] {
         let _ = std::fs::remove_file(data.join(f));
     }
     export_for(&c, &inst, 3);
@@ -164,7 +175,10 @@ fn a_store_removed_while_running_is_created_anew_with_what_memory_holds() {
     c.restart().expect("restart");
     let d = assert_steady(&c, "render", "5m", &p);
     let span = d["window_s"].as_f64().unwrap_or(0.0);
-    assert!(span >= 25.0, "the window covers the time before the removal: {d:#}");
+    assert!(
+        span >= 25.0,
+        "the window covers the time before the removal: {d:#}"
+    );
     assert!(c.stop().expect("stop").success());
     let _ = std::fs::remove_dir_all(&data);
 }
@@ -184,7 +198,13 @@ fn clock_jumps_are_dropped_and_counted_and_leave_other_services_alone() {
     let now = now_ns();
     // `jumpy` has run for two hours; `steady` alongside, with a good clock.
     let jumpy = Instance::new("jumpy", "jumpy-1", 31, Profile::cpu_bound(), now - 7200 * S);
-    let steady = Instance::new("steady", "steady-1", 32, Profile::dependency_bound(), now - 60 * S);
+    let steady = Instance::new(
+        "steady",
+        "steady-1",
+        32,
+        Profile::dependency_bound(),
+        now - 60 * S,
+    );
     for k in (1..=6u64).rev() {
         jumpy.send(&c, now - k * 10 * S).expect("jumpy");
         steady.send(&c, now - k * 10 * S).expect("steady");
@@ -198,11 +218,22 @@ fn clock_jumps_are_dropped_and_counted_and_leave_other_services_alone() {
         .unwrap_or(0.0)
     };
     // The clock steps back an hour for three exports, then forward a day for three.
-    for (k, offset) in [(0, -3600i64), (1, -3600), (2, -3600), (3, 86_400), (4, 86_400), (5, 86_400)] {
+    for (k, offset) in [
+        (0, -3600i64),
+        (1, -3600),
+        (2, -3600),
+        (3, 86_400),
+        (4, 86_400),
+        (5, 86_400),
+    ] {
         let real = now_ns() + k * S;
         let stamp = (real as i64 + offset * S as i64) as u64;
         let (status, body) = c
-            .post("application/x-protobuf", None, &body_stamped(&jumpy, real, stamp))
+            .post(
+                "application/x-protobuf",
+                None,
+                &body_stamped(&jumpy, real, stamp),
+            )
             .expect("post");
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
         steady.send(&c, now_ns()).expect("steady");
@@ -215,7 +246,10 @@ fn clock_jumps_are_dropped_and_counted_and_leave_other_services_alone() {
     // The jumps changed no window: both services answer as before (plus the new real exports).
     let jumpy_after = assert_steady(&c, "jumpy", "1m", &jumpy.profile);
     let steady_after = assert_steady(&c, "steady", "1m", &steady.profile);
-    for (before, after) in [(&jumpy_before, &jumpy_after), (&steady_before, &steady_after)] {
+    for (before, after) in [
+        (&jumpy_before, &jumpy_after),
+        (&steady_before, &steady_after),
+    ] {
         assert_eq!(before["verdict"], after["verdict"]);
         assert_eq!(before["breakdown"], after["breakdown"]);
     }
@@ -224,6 +258,10 @@ fn clock_jumps_are_dropped_and_counted_and_leave_other_services_alone() {
     assert_eq!(hour["verdict"], jumpy_before["verdict"], "{hour:#}");
     let rate = hour["requests"]["rate_per_s"].as_f64().unwrap_or(0.0);
     assert!((rate / jumpy.profile.rate - 1.0).abs() < 0.02, "{hour:#}");
+    // Its exports with a good clock span 50 s (t-60 s to t-10 s). A snapshot an hour back with
+    // the counters of now would read as a reset before them and count the two hours again.
+    let sampled = hour["window_s"].as_f64().unwrap_or(0.0);
+    assert!((sampled - 50.0).abs() < 1.0, "window {sampled}: {hour:#}");
     // The clock is right again: its exports count.
     jumpy.send(&c, now_ns()).expect("jumpy, corrected");
     assert_steady(&c, "jumpy", "1m", &jumpy.profile);
@@ -239,7 +277,17 @@ fn a_target_that_becomes_unreadable_mid_window_is_named_and_counted() {
     // owner, until the service makes itself non-dumpable after 2 s.
     let svc = Service::workload_as(
         &as_nobody(),
-        &["serve", "--port", "0", "--workers", "4", "--cpu-ms", "1", "--undumpable-after-s", "2.5"],
+        &[
+            "serve",
+            "--port",
+            "0",
+            "--workers",
+            "4",
+            "--cpu-ms",
+            "1",
+            "--undumpable-after-s",
+            "2.5",
+        ],
     )
     .expect("service");
     let _load = scalewise_e2e::harness::Load::start(svc.port, 4, 10.0, 0.0).expect("load");
@@ -271,8 +319,14 @@ fn a_target_that_becomes_unreadable_mid_window_is_named_and_counted() {
         .sum();
     assert!(denied > 0, "{:#}", v["agent"]);
     // What was gathered before is reported, not a zero.
-    assert!(d["requests"]["rate_per_s"].as_f64().unwrap_or(0.0) > 0.0, "{d:#}");
-    assert!(d["cpu"]["used_cores"].as_f64().unwrap_or(0.0) > 0.0, "{d:#}");
+    assert!(
+        d["requests"]["rate_per_s"].as_f64().unwrap_or(0.0) > 0.0,
+        "{d:#}"
+    );
+    assert!(
+        d["cpu"]["used_cores"].as_f64().unwrap_or(0.0) > 0.0,
+        "{d:#}"
+    );
 }
 
 /// Two network namespaces joined by a veth pair: the agent's side (with its service) and the
@@ -293,15 +347,45 @@ impl Partitionable {
         let tag = std::process::id() % 100_000;
         let (a_if, c_if) = (format!("swa{tag}"), format!("swc{tag}"));
         let ip = |args: &[&str]| {
-            let ok = Command::new("ip").args(args).status().expect("ip").success();
+            let ok = Command::new("ip")
+                .args(args)
+                .status()
+                .expect("ip")
+                .success();
             assert!(ok, "ip {args:?}");
         };
         ip(&[
-            "link", "add", &a_if, "netns", &agent.name, "type", "veth", "peer", "name", &c_if,
-            "netns", &collector.name,
+            "link",
+            "add",
+            &a_if,
+            "netns",
+            &agent.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &c_if,
+            "netns",
+            &collector.name,
         ]);
-        ip(&["-n", &agent.name, "addr", "add", &format!("{AGENT_ADDR}/30"), "dev", &a_if]);
-        ip(&["-n", &collector.name, "addr", "add", &format!("{COLLECTOR_ADDR}/30"), "dev", &c_if]);
+        ip(&[
+            "-n",
+            &agent.name,
+            "addr",
+            "add",
+            &format!("{AGENT_ADDR}/30"),
+            "dev",
+            &a_if,
+        ]);
+        ip(&[
+            "-n",
+            &collector.name,
+            "addr",
+            "add",
+            &format!("{COLLECTOR_ADDR}/30"),
+            "dev",
+            &c_if,
+        ]);
         ip(&["-n", &agent.name, "link", "set", &a_if, "up"]);
         ip(&["-n", &collector.name, "link", "set", &c_if, "up"]);
         Partitionable {
@@ -315,7 +399,13 @@ impl Partitionable {
     /// nowhere.
     fn link(&self, up: bool) {
         let ok = Command::new("ip")
-            .args(["-n", &self.collector.name, "link", "set", &self.collector_if])
+            .args([
+                "-n",
+                &self.collector.name,
+                "link",
+                "set",
+                &self.collector_if,
+            ])
             .arg(if up { "up" } else { "down" })
             .status()
             .expect("ip")
@@ -378,7 +468,17 @@ fn a_partition_between_agent_and_collector_loses_no_request_time() {
     });
     let svc = net
         .agent
-        .workload(&["serve", "--port", "0", "--workers", "4", "--cpu-ms", "1", "--lock-ms", "2"])
+        .workload(&[
+            "serve",
+            "--port",
+            "0",
+            "--workers",
+            "4",
+            "--cpu-ms",
+            "1",
+            "--lock-ms",
+            "2",
+        ])
         .expect("service");
     let _load = net.agent.load(svc.port, 3, 58.0, &[]).expect("load");
     let mport = free_port();
@@ -386,7 +486,13 @@ fn a_partition_between_agent_and_collector_loses_no_request_time() {
     let _agent = Killed(
         net.agent
             .command(agent_bin())
-            .args(["run", "--pid", &svc.pid.to_string(), "--service", "partitioned"])
+            .args([
+                "run",
+                "--pid",
+                &svc.pid.to_string(),
+                "--service",
+                "partitioned",
+            ])
             .args(["--collector", &format!("http://{caddr}")])
             .args(["--export-interval", "2", "--discovery-interval", "1"])
             .args(["--metrics-listen", &maddr])
@@ -406,8 +512,8 @@ fn a_partition_between_agent_and_collector_loses_no_request_time() {
     wait_until(30, "the first exports", || {
         answer("1m").is_some_and(|d| d["requests"]["rate_per_s"].as_f64().unwrap_or(0.0) > 0.0)
     });
-    let truth_at = |_: ()| net.agent.truth(svc.port).expect("truth");
-    let t0 = truth_at(());
+    let truth_at = || net.agent.truth(svc.port).expect("truth");
+    let t0 = truth_at();
     let started = Instant::now();
     let agent_metrics = || ns_get(&net.agent, &maddr, "/metrics").unwrap_or_default();
     let failed = "scalewise_agent_exports_total{result=\"failed\"}";
@@ -432,14 +538,17 @@ fn a_partition_between_agent_and_collector_loses_no_request_time() {
     wait_until(30, "an export after the partition", || {
         metric_in(&agent_metrics(), ok) > ok_during + 1.0
     });
-    let t1 = truth_at(());
+    let t1 = truth_at();
     let span = started.elapsed().as_secs_f64();
     let truth = t1.delta(&t0);
     let window = format!("{}s", span.ceil() as u64);
     let d = answer(&window).expect("answer over the partition");
     let rate = d["requests"]["rate_per_s"].as_f64().unwrap_or(0.0);
     let in_flight = d["requests"]["mean_in_flight"].as_f64().unwrap_or(0.0);
-    let (true_rate, true_in_flight) = (truth.requests / truth.wall_s, truth.latency_s / truth.wall_s);
+    let (true_rate, true_in_flight) = (
+        truth.requests / truth.wall_s,
+        truth.latency_s / truth.wall_s,
+    );
     eprintln!(
         "partition: {span:.0}s window, rate {rate:.1} (truth {true_rate:.1}), in flight {in_flight:.2} (truth {true_in_flight:.2}), exports failed {}",
         metric_in(&during, failed)

@@ -82,9 +82,15 @@ pub fn wrapped(prefix: &[String], program: impl AsRef<std::ffi::OsStr>) -> Comma
 /// Runs a child as `nobody` (uid and gid 65534, no supplementary groups): another user's
 /// process. Needs root.
 pub fn as_nobody() -> Vec<String> {
-    ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
-        .map(String::from)
-        .to_vec()
+    [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 /// Runs a child as uid 0 holding exactly `caps` (setpriv's names: `sys_ptrace`,

@@ -416,7 +416,11 @@ mod tests {
         let one = vec![("svc".to_string(), "i1".to_string(), snap(1_000))];
         db.write(&one, &[]).expect("write");
         assert!(!db.reopen_if_removed().expect("check"));
-        for f in ["scalewise.sqlite", "scalewise.sqlite-wal", "scalewise.sqlite-shm"] {
+        for f in [
+            "scalewise.sqlite",
+            "scalewise.sqlite-wal",
+            "scalewise.sqlite-shm",
+        ] {
             let _ = std::fs::remove_file(d.join(f));
         }
         assert!(db.reopen_if_removed().expect("reopen"));

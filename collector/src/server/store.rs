@@ -252,8 +252,11 @@ impl Memory {
         for (s, svc) in &self.services {
             for (i, inst) in &svc.instances {
                 self.dirty.insert((s.clone(), i.clone()));
-                self.pending
-                    .extend(inst.snaps.iter().map(|snap| (s.clone(), i.clone(), snap.clone())));
+                self.pending.extend(
+                    inst.snaps
+                        .iter()
+                        .map(|snap| (s.clone(), i.clone(), snap.clone())),
+                );
             }
         }
     }
