@@ -717,8 +717,9 @@ fn scan_fds(
     out: &mut HashMap<i32, u64>,
     epolls: &mut Vec<i32>,
 ) -> std::io::Result<()> {
-    out.clear();
-    epolls.clear();
+    // Built aside and swapped in whole: a table refused mid-window keeps the connections known
+    // so far (their sockets are still looked up by inode), rather than forgetting them.
+    let (mut fds, mut loops) = (HashMap::with_capacity(out.len()), Vec::new());
     let fd_dir = proc_pid.join("fd");
     for entry in std::fs::read_dir(&fd_dir)? {
         let Ok(entry) = entry else { continue };
@@ -738,11 +739,13 @@ fn scan_fds(
         };
         let link = target.as_os_str().as_encoded_bytes();
         if let Some(inode) = parse_socket_link(link) {
-            out.insert(fd, inode);
+            fds.insert(fd, inode);
         } else if is_epoll_link(link) {
-            epolls.push(fd);
+            loops.push(fd);
         }
     }
+    *out = fds;
+    *epolls = loops;
     Ok(())
 }
 
