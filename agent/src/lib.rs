@@ -7,6 +7,7 @@
 //! `scalewise-collector`. Parsers of data the monitored process controls ([`procfs`],
 //! [`sockdiag`], [`gc`]) are pure functions over bytes, tested with hostile input and fuzzed.
 
+pub mod caps;
 pub mod cgroup;
 pub mod demo;
 pub mod deps;

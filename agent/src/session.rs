@@ -79,6 +79,8 @@ struct Target {
     /// is waiting on).
     epoll_fds: Vec<i32>,
     fds_denied: bool,
+    /// Whether `/proc/PID/fd` was read at least once (so a refusal came mid-window).
+    fds_read: bool,
     gc: Option<Box<dyn GcSource>>,
     gc_last: Option<f64>,
     /// (window_s, request_s) when the GC reading last changed.
@@ -188,6 +190,7 @@ impl Session {
                 fds: HashMap::new(),
                 epoll_fds: Vec::new(),
                 fds_denied: false,
+                fds_read: false,
                 gc,
                 gc_last: None,
                 gc_mark: (0.0, 0.0),
@@ -454,17 +457,26 @@ impl Session {
                     &mut self.fd_scratch,
                     &known,
                 ) {
-                    Ok(()) => {}
+                    Ok(()) => t.fds_read = true,
                     Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
                         t.fds_denied = true;
                         errors.push(("fds", "permission_denied"));
-                        note(
-                            &mut self.notes,
+                        let lacking =
+                            crate::caps::lacking(crate::caps::effective(), crate::caps::PROC_FD);
+                        let text = if t.fds_read {
+                            // It changed credentials or made itself non-dumpable.
                             format!(
-                                "pid {}: cannot read /proc/{}/fd: run as the same user as the service, or grant CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH; without it no request or dependency time is attributed",
+                                "pid {}: /proc/{}/fd became unreadable after {:.1}s of sampling ({lacking}): connections it opens from now on are not seen; grant CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH to follow it",
+                                t.pid, t.pid, self.budget.window_s
+                            )
+                        } else {
+                            format!(
+                                "pid {}: cannot read /proc/{}/fd ({lacking}): run as the same user as the service, or grant CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH; without it no request or dependency time is attributed",
                                 t.pid, t.pid
-                            ),
-                        );
+                            )
+                        };
+                        tracing::warn!("{text}");
+                        note(&mut self.notes, text);
                     }
                     Err(_) => errors.push(("fds", "io")),
                 }
@@ -724,16 +736,19 @@ impl Session {
 /// a readlink: a closed socket's fd is re-read, and a reused fd number whose old socket stayed
 /// open through a dup is caught by the periodic full re-read. On a server with 10,000
 /// connections, that readlink per fd per discovery was a sixth of the agent's CPU.
+///
+/// Built aside (in `next`) and swapped in whole: a table refused mid-window keeps the
+/// connections known so far (their sockets are still looked up by inode), rather than
+/// forgetting them.
 fn scan_fds(
     proc_pid: &Path,
     out: &mut HashMap<i32, u64>,
     epolls: &mut Vec<i32>,
-    previous: &mut HashMap<i32, u64>,
+    next: &mut HashMap<i32, u64>,
     known: &dyn Fn(u64) -> bool,
 ) -> std::io::Result<()> {
-    std::mem::swap(out, previous);
-    out.clear();
-    epolls.clear();
+    next.clear();
+    let mut loops = Vec::new();
     let fd_dir = proc_pid.join("fd");
     for entry in std::fs::read_dir(&fd_dir)? {
         let Ok(entry) = entry else { continue };
@@ -744,22 +759,28 @@ fn scan_fds(
         else {
             continue;
         };
-        if let Some(&inode) = previous.get(&fd) {
+        if let Some(&inode) = out.get(&fd) {
             if known(inode) {
-                out.insert(fd, inode);
+                next.insert(fd, inode);
                 continue;
             }
         }
-        let Ok(target) = std::fs::read_link(entry.path()) else {
-            continue; // closed since readdir
+        let target = match std::fs::read_link(entry.path()) {
+            Ok(t) => t,
+            // The directory is listable with CAP_DAC_READ_SEARCH alone, but each link needs
+            // ptrace access (CAP_SYS_PTRACE): refused, not closed.
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return Err(e),
+            Err(_) => continue, // closed since readdir
         };
         let link = target.as_os_str().as_encoded_bytes();
         if let Some(inode) = parse_socket_link(link) {
-            out.insert(fd, inode);
+            next.insert(fd, inode);
         } else if is_epoll_link(link) {
-            epolls.push(fd);
+            loops.push(fd);
         }
     }
+    std::mem::swap(out, next);
+    *epolls = loops;
     Ok(())
 }
 

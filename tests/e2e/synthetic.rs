@@ -346,6 +346,12 @@ fn families() -> Families {
         |_| 0.0,
     );
     f.gauge("scalewise_collector_connections_open", c(&[]), |_| 3.0);
+    f.counter(
+        "scalewise_collector_sqlite_write_errors",
+        c(&[("reason", "disk_full")]),
+        |_| 0.0,
+    );
+    f.counter("scalewise_collector_sqlite_recreated", c(&[]), |_| 0.0);
     f.gauge("scalewise_collector_services", c(&[]), |_| 2.0);
     f.gauge("scalewise_collector_instances", c(&[]), |_| 4.0);
     let h = "scalewise_collector_sqlite_write_seconds";

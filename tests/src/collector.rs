@@ -3,7 +3,7 @@
 //! grows over time, exported as cumulative OTLP counters built from `wire::budget_points`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
@@ -37,6 +37,8 @@ pub struct Collector {
     args: Vec<String>,
     /// With TLS: the CA its certificate chains to (the collector is reached over HTTPS).
     ca: Option<PathBuf>,
+    /// A command the collector is started through (another user, a mount namespace).
+    wrapper: Vec<String>,
 }
 
 impl Collector {
@@ -47,7 +49,7 @@ impl Collector {
 
     /// Starts a collector on `data_dir` (reopening a store left by an earlier one).
     pub fn start_in(data_dir: &Path, extra: &[&str]) -> anyhow::Result<Collector> {
-        Collector::start_with(data_dir, None, extra)
+        Collector::start_with(&[], data_dir, None, extra)
     }
 
     /// Starts a collector serving TLS with `cert` and `key`, reached over HTTPS trusting `ca`.
@@ -59,23 +61,39 @@ impl Collector {
     ) -> anyhow::Result<Collector> {
         let mut args: Vec<&str> = vec!["--tls-cert", path_str(cert)?, "--tls-key", path_str(key)?];
         args.extend(extra);
-        Collector::start_with(&temp_dir("collector"), Some(ca), &args)
+        Collector::start_with(&[], &temp_dir("collector"), Some(ca), &args)
     }
 
-    fn start_with(data_dir: &Path, ca: Option<&Path>, extra: &[&str]) -> anyhow::Result<Collector> {
+    /// Starts a collector on `data_dir` through `wrapper`, a command that execs its arguments
+    /// (e.g. [`crate::harness::as_nobody`]), so the child's pid is the collector's.
+    pub fn start_wrapped(
+        wrapper: &[String],
+        data_dir: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<Collector> {
+        Collector::start_with(wrapper, data_dir, None, extra)
+    }
+
+    fn start_with(
+        wrapper: &[String],
+        data_dir: &Path,
+        ca: Option<&Path>,
+        extra: &[&str],
+    ) -> anyhow::Result<Collector> {
         let mut c = Collector {
             port: free_port(),
             data_dir: data_dir.to_path_buf(),
             child: None,
             args: extra.iter().map(|s| s.to_string()).collect(),
             ca: ca.map(Path::to_path_buf),
+            wrapper: wrapper.to_vec(),
         };
         c.spawn()?;
         Ok(c)
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
-        let child = Command::new(collector_bin())
+        let child = crate::harness::wrapped(&self.wrapper, collector_bin())
             .arg("--listen")
             .arg(format!("127.0.0.1:{}", self.port))
             .arg("--data-dir")

@@ -66,6 +66,67 @@ pub fn stop(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// `program` run through `prefix` (a command that execs its arguments, such as [`as_nobody`] or
+/// [`root_with_only`]), so the child's pid is the program's.
+pub fn wrapped(prefix: &[String], program: impl AsRef<std::ffi::OsStr>) -> Command {
+    match prefix.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
+/// Runs a child as `nobody` (uid and gid 65534, no supplementary groups): another user's
+/// process. Needs root.
+pub fn as_nobody() -> Vec<String> {
+    [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// Runs a child as uid 0 holding exactly `caps` (setpriv's names: `sys_ptrace`,
+/// `dac_read_search`, `sys_admin`; none for no capability at all) in its inheritable, ambient,
+/// bounding, permitted and effective sets. With `read_only`, also in a private mount namespace
+/// whose `/` and `/dev/shm` are remounted read-only: nothing is writable. Needs root.
+pub fn root_with_only(caps: &[&str], read_only: bool) -> Vec<String> {
+    let set: String = std::iter::once("-all".to_string())
+        .chain(caps.iter().map(|c| format!("+{c}")))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut p: Vec<String> = Vec::new();
+    if read_only {
+        p.extend(
+            [
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "--",
+                "sh",
+                "-c",
+                "mount -o remount,bind,ro / && mount -o remount,bind,ro /dev/shm && exec \"$@\"",
+                "sh",
+            ]
+            .map(String::from),
+        );
+    }
+    p.push("setpriv".into());
+    p.push(format!("--inh-caps={set}"));
+    p.push(format!("--ambient-caps={set}"));
+    p.push(format!("--bounding-set={set}"));
+    p.push("--".into());
+    p
+}
+
 /// A private PostgreSQL cluster, stopped and deleted on drop.
 pub struct Postgres {
     pub port: u16,
@@ -241,6 +302,18 @@ impl Service {
     /// A `scalewise-workload` service.
     pub fn workload(args: &[&str]) -> anyhow::Result<Service> {
         Service::spawn(workload_bin(), args)
+    }
+
+    /// A `scalewise-workload` service started through `prefix` (e.g. [`as_nobody`]).
+    pub fn workload_as(prefix: &[String], args: &[&str]) -> anyhow::Result<Service> {
+        let Some((first, rest)) = prefix.split_first() else {
+            return Service::workload(args);
+        };
+        let mut all: Vec<String> = rest.to_vec();
+        all.push(workload_bin().to_string_lossy().into_owned());
+        all.extend(args.iter().map(|a| a.to_string()));
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        Service::spawn(first, &refs)
     }
 
     /// The Java workload (tests/java/Workload.java), compiled once into a temp dir.

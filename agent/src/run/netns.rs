@@ -60,13 +60,5 @@ pub fn run_in_netns_of<T: Send + 'static>(
 
 /// Whether the agent holds `CAP_SYS_ADMIN` in its effective set (`/proc/self/status` CapEff).
 pub fn has_cap_sys_admin() -> bool {
-    const CAP_SYS_ADMIN: u32 = 21;
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        })
-        .is_some_and(|caps| caps & (1 << CAP_SYS_ADMIN) != 0)
+    crate::caps::has(crate::caps::CAP_SYS_ADMIN)
 }

@@ -7,7 +7,8 @@
 
 use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 use super::store::StoredMeta;
@@ -24,6 +25,8 @@ pub struct Telemetry {
     pub points_rejected: IntCounterVec,
     pub requests_rejected: IntCounterVec,
     pub overflow: IntCounterVec,
+    pub sqlite_write_errors: IntCounterVec,
+    pub sqlite_recreated: IntCounter,
     pub services: IntGauge,
     pub instances: IntGauge,
     pub pending: IntGauge,
@@ -78,6 +81,17 @@ impl Telemetry {
             "Points dropped by a cardinality or length bound.",
             "limit",
         );
+        let sqlite_write_errors = counter_vec(
+            &registry,
+            "scalewise_collector_sqlite_write_errors_total",
+            "Flushes to SQLite that failed (kept in memory and retried), by reason.",
+            "reason",
+        );
+        let sqlite_recreated = IntCounter::new(
+            "scalewise_collector_sqlite_recreated_total",
+            "Times the SQLite store was found removed while running and created anew.",
+        )
+        .unwrap_or_else(|_| unreachable_metric("sqlite_recreated"));
         let services = IntGauge::new("scalewise_collector_services", "Services tracked.")
             .unwrap_or_else(|_| unreachable_metric("services"));
         let instances = IntGauge::new("scalewise_collector_instances", "Instances tracked.")
@@ -113,6 +127,7 @@ impl Telemetry {
             Box::new(pending.clone()),
             Box::new(sqlite_write.clone()),
             Box::new(connections_open.clone()),
+            Box::new(sqlite_recreated.clone()),
         ] {
             let _ = registry.register(c);
         }
@@ -126,12 +141,17 @@ impl Telemetry {
         for r in ["limit", "timeout", "tls_handshake"] {
             connections_dropped.with_label_values(&[r]);
         }
+        for r in ["disk_full", "io", "other"] {
+            sqlite_write_errors.with_label_values(&[r]);
+        }
         Telemetry {
             registry,
             points_received,
             points_rejected,
             requests_rejected,
             overflow,
+            sqlite_write_errors,
+            sqlite_recreated,
             services,
             instances,
             pending,

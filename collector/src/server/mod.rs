@@ -244,6 +244,11 @@ impl App {
                         format!("{} limit reached: points dropped", limit.label())
                     });
                 }
+                if out.out_of_order > 0 {
+                    rejected.add("out_of_order", out.out_of_order, || {
+                        "counters larger than a later export's of the same start: a clock that jumped back?".to_string()
+                    });
+                }
             }
             t.services.set(mem.services.len() as i64);
             t.instances.set(mem.instance_count() as i64);
@@ -262,8 +267,31 @@ impl App {
         ExportMetricsServiceResponse { partial_success }
     }
 
-    /// Writes what arrived since the last flush to SQLite (one transaction).
+    /// Writes what arrived since the last flush to SQLite (one transaction). A failure (a full
+    /// disk, an I/O error) is counted and what could not be written is kept for the next flush;
+    /// a store file removed under the running collector is created anew and given what memory
+    /// holds.
     pub fn flush(&self) -> Result<usize, StoreError> {
+        let result = self.write_pending();
+        if let Err(e) = &result {
+            self.telemetry
+                .sqlite_write_errors
+                .with_label_values(&[e.kind()])
+                .inc();
+        }
+        result
+    }
+
+    fn write_pending(&self) -> Result<usize, StoreError> {
+        if lock(&self.db).reopen_if_removed()? {
+            self.telemetry.sqlite_recreated.inc();
+            tracing::warn!(
+                data_dir = %self.config.data_dir.display(),
+                "the SQLite store was removed while running: created a new one and writing into it what memory holds (the last {})",
+                self.config.memory_retention
+            );
+            lock(&self.mem).pend_all();
+        }
         let (snaps, metas) = {
             let mut mem = lock(&self.mem);
             let snaps = std::mem::take(&mut mem.pending);

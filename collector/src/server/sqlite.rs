@@ -14,8 +14,13 @@ use super::window::Snapshot;
 
 #[derive(Debug, Error)]
 pub enum StoreError {
-    #[error("data dir {path}: {source}")]
+    #[error("data dir {path} cannot be created: {source}")]
     Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("data dir {path} is not writable by this process: {source}")]
+    NotWritable {
         path: PathBuf,
         source: std::io::Error,
     },
@@ -26,9 +31,28 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// A bounded label for `scalewise_collector_sqlite_write_errors_total{reason}`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreError::Dir { .. } | StoreError::NotWritable { .. } => "data_dir",
+            StoreError::Sqlite { source, .. } => match source.sqlite_error_code() {
+                Some(rusqlite::ErrorCode::DiskFull) => "disk_full",
+                Some(rusqlite::ErrorCode::ReadOnly) => "read_only",
+                Some(rusqlite::ErrorCode::SystemIoFailure) => "io",
+                Some(rusqlite::ErrorCode::CannotOpen) => "cannot_open",
+                Some(rusqlite::ErrorCode::DatabaseCorrupt) => "corrupt",
+                _ => "other",
+            },
+        }
+    }
+}
+
 pub struct Db {
     conn: Connection,
     path: PathBuf,
+    /// The store file's inode when opened: a different one (or none) means it was removed.
+    ino: Option<u64>,
 }
 
 fn blob(vals: &[f64]) -> Vec<u8> {
@@ -48,18 +72,56 @@ fn unblob(b: &[u8]) -> Vec<f64> {
 /// One instance read back: (service, instance, metadata, snapshots sorted by time).
 pub type StoredInstance = (String, String, StoredMeta, Vec<Snapshot>);
 
+fn inode(path: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| m.ino())
+}
+
+/// Fails with the directory's name unless a file can be created in it: SQLite alone would say
+/// "unable to open database file", or open a read-only store and fail at the first flush.
+fn check_writable(dir: &Path) -> Result<(), StoreError> {
+    let probe = dir.join(format!(".scalewise-write-check-{}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&probe)
+        .map_err(|e| StoreError::NotWritable {
+            path: dir.to_path_buf(),
+            source: e,
+        })?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
 impl Db {
     pub fn open(dir: &Path) -> Result<Db, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Dir {
             path: dir.to_path_buf(),
             source: e,
         })?;
+        check_writable(dir)?;
         let path = dir.join("scalewise.sqlite");
+        if path.exists() {
+            // A store left by another user: SQLite would open it read-only and fail at the
+            // first flush.
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(|e| StoreError::NotWritable {
+                    path: path.clone(),
+                    source: e,
+                })?;
+        }
         let conn = Connection::open(&path).map_err(|e| StoreError::Sqlite {
             path: path.clone(),
             source: e,
         })?;
-        let db = Db { conn, path };
+        let mut db = Db {
+            conn,
+            path,
+            ino: None,
+        };
         db.wrap(db.conn.execute_batch(
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = NORMAL;
@@ -81,7 +143,20 @@ impl Db {
              ) WITHOUT ROWID;
              CREATE INDEX IF NOT EXISTS snapshot_by_time ON snapshot (t_ms);",
         ))?;
+        db.ino = inode(&db.path);
         Ok(db)
+    }
+
+    /// Opens a new store when the file was removed (or replaced) under the running collector:
+    /// SQLite would go on writing to the unlinked file, losing everything at the next start.
+    /// `true` when it did; the caller writes what memory holds into the new store.
+    pub fn reopen_if_removed(&mut self) -> Result<bool, StoreError> {
+        if inode(&self.path) == self.ino && self.ino.is_some() {
+            return Ok(false);
+        }
+        let dir = self.path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        *self = Db::open(&dir)?;
+        Ok(true)
     }
 
     fn wrap<T>(&self, r: rusqlite::Result<T>) -> Result<T, StoreError> {
@@ -332,5 +407,43 @@ mod tests {
         assert_eq!(old, (0..10).map(|m| m * 60_000).collect::<Vec<_>>());
         assert_eq!(got[0].3.iter().filter(|s| s.t_ms >= 600_000).count(), 60);
         let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_removed_store_is_created_anew() {
+        let d = dir("removed");
+        let mut db = Db::open(&d).expect("open");
+        let one = vec![("svc".to_string(), "i1".to_string(), snap(1_000))];
+        db.write(&one, &[]).expect("write");
+        assert!(!db.reopen_if_removed().expect("check"));
+        for f in [
+            "scalewise.sqlite",
+            "scalewise.sqlite-wal",
+            "scalewise.sqlite-shm",
+        ] {
+            let _ = std::fs::remove_file(d.join(f));
+        }
+        assert!(db.reopen_if_removed().expect("reopen"));
+        assert!(!db.reopen_if_removed().expect("check"));
+        let two = vec![("svc".to_string(), "i1".to_string(), snap(2_000))];
+        db.write(&two, &[]).expect("write to the new store");
+        drop(db);
+        let db = Db::open(&d).expect("open again");
+        let got = db.service_series("svc", 0, 10_000).expect("read");
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].3, vec![snap(2_000)]);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn an_unwritable_data_dir_is_named() {
+        let e = StoreError::NotWritable {
+            path: PathBuf::from("/var/lib/scalewise"),
+            source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        };
+        assert!(e
+            .to_string()
+            .starts_with("data dir /var/lib/scalewise is not writable"));
+        assert_eq!(e.kind(), "data_dir");
     }
 }

@@ -62,6 +62,9 @@ pub struct Outcome {
     pub stored: bool,
     pub overflow: Vec<(Overflow, u64)>,
     pub duplicate: bool,
+    /// Points refused because their counters exceed those of a later snapshot of the same
+    /// start: stamped by a clock that jumped back (counters never fall within one start).
+    pub out_of_order: u64,
 }
 
 /// All services in memory, plus what still has to be written to SQLite.
@@ -171,6 +174,16 @@ impl Memory {
             };
             snap.set(idx, value);
         }
+        // A later snapshot of the same start with smaller counters: this one's time is wrong
+        // (its clock jumped back), and inserting it would read as a reset and count twice.
+        let later = inst.snaps.get(if same_time { pos + 1 } else { pos });
+        if let Some(next) = later.filter(|n| n.start_ns == snap.start_ns) {
+            let ahead = |(i, v): (usize, &f64)| *v > next.vals.get(i).copied().unwrap_or(0.0);
+            if snap.vals.iter().enumerate().any(ahead) {
+                out.out_of_order = points.max(1);
+                return out;
+            }
+        }
         // Exact size: thousands of instances keep dozens of these each.
         snap.vals.shrink_to_fit();
         if dropped_deps > 0 {
@@ -229,6 +242,23 @@ impl Memory {
             });
             !svc.instances.is_empty()
         });
+    }
+
+    /// Marks every snapshot and instance held in memory as still to be written: for a store
+    /// created anew under a running collector (its file was removed), so it gets back what
+    /// memory still has.
+    pub fn pend_all(&mut self) {
+        self.pending.clear();
+        for (s, svc) in &self.services {
+            for (i, inst) in &svc.instances {
+                self.dirty.insert((s.clone(), i.clone()));
+                self.pending.extend(
+                    inst.snaps
+                        .iter()
+                        .map(|snap| (s.clone(), i.clone(), snap.clone())),
+                );
+            }
+        }
     }
 
     /// Puts back what SQLite held (at startup), without marking it pending.
@@ -313,6 +343,47 @@ mod tests {
         assert_eq!(times, vec![10_000, 30_000, 40_000]);
         assert_eq!(snaps[2].get(slot::REQUEST), 3.0);
         assert_eq!(m.pending.len(), 3);
+    }
+
+    #[test]
+    fn a_point_from_a_clock_that_jumped_back_is_refused_not_taken_for_a_reset() {
+        let l = Limits::default();
+        let mut m = Memory::default();
+        for t in [100, 110, 120] {
+            m.ingest(report("a", "1", t, t as f64), &l);
+        }
+        // Read at t=130 (counter 130) but stamped an hour earlier.
+        let o = m.ingest(report("a", "1", 130 - 3600, 130.0), &l);
+        assert_eq!(o.out_of_order, 1);
+        assert!(!o.stored);
+        // Between two snapshots, with counters beyond the later one: refused too.
+        let o = m.ingest(report("a", "1", 105, 115.0), &l);
+        assert_eq!(o.out_of_order, 1);
+        // A late point that fits (or another life's) is kept.
+        assert!(m.ingest(report("a", "1", 105, 105.0), &l).stored);
+        let mut other_life = report("a", "1", 50, 500.0);
+        other_life.start_ns = 0;
+        assert!(m.ingest(other_life, &l).stored);
+        let snaps = &m.services["a"].instances["1"].snaps;
+        let times: Vec<i64> = snaps.iter().map(|s| s.t_ms / 1000).collect();
+        assert_eq!(times, vec![50, 100, 105, 110, 120]);
+        let inc = crate::server::window::instance_increase(snaps, 100_000, 120_000).expect("data");
+        assert_eq!(inc[slot::REQUEST], 20.0);
+    }
+
+    #[test]
+    fn pend_all_marks_what_memory_holds_for_a_new_store() {
+        let l = Limits::default();
+        let mut m = Memory::default();
+        for t in [10, 20] {
+            m.ingest(report("a", "1", t, t as f64), &l);
+        }
+        m.ingest(report("b", "1", 10, 1.0), &l);
+        m.pending.clear();
+        m.dirty.clear();
+        m.pend_all();
+        assert_eq!(m.pending.len(), 3);
+        assert_eq!(m.dirty.len(), 2);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //!
 //! serve        --port P --workers N [--cpu-ms X] [--lock-ms Z | --lock-cpu-ms Z]
 //!              [--db ADDR --db-ms Y] [--backend ADDR --backend-ms B] [--pool K]
+//!              [--undumpable-after-s T]
 //! serve-async  --port P --db ADDR --db-ms Y [--cpu-ms X] [--pool K]
 //! backend      --port P --ms B
 //! load         --target ADDR --concurrency C --duration-s S [--think-ms T] [--reconnect 1]

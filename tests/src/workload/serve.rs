@@ -220,6 +220,18 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     });
     let listener = TcpListener::bind(("127.0.0.1", args.num("port", 0.0) as u16))?;
     println!("listening {}", listener.local_addr()?);
+    if let Some(after) = args
+        .get("undumpable-after-s")
+        .and_then(|v| v.parse::<f64>().ok())
+    {
+        // A process that turns itself unreadable mid-run (as one that changes its credentials
+        // does): /proc/PID/* becomes root's and ptrace access needs CAP_SYS_PTRACE.
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_secs_f64(after));
+            // SAFETY: prctl(PR_SET_DUMPABLE) takes plain integers and touches no memory.
+            unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+        });
+    }
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
         let svc = svc.clone();
