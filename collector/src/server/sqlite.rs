@@ -426,7 +426,12 @@ mod tests {
         assert!(db.reopen_if_removed().expect("reopen"));
         assert!(!db.reopen_if_removed().expect("check"));
         let two = vec![("svc".to_string(), "i1".to_string(), snap(2_000))];
-        db.write(&two, &[]).expect("write to the new store");
+        let meta = StoredMeta {
+            last_seen_ms: 2_000,
+            ..StoredMeta::default()
+        };
+        db.write(&two, &[("svc".into(), "i1".into(), meta)])
+            .expect("write to the new store");
         drop(db);
         let db = Db::open(&d).expect("open again");
         let got = db.service_series("svc", 0, 10_000).expect("read");
