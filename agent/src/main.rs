@@ -216,9 +216,9 @@ impl OtlpArgs {
     }
 }
 
-fn seconds(s: f64) -> anyhow::Result<Duration> {
+fn seconds(flag: &str, s: f64) -> anyhow::Result<Duration> {
     if !(s.is_finite() && s > 0.0 && s <= 86_400.0) {
-        anyhow::bail!("a duration must be between 0 and 86400 seconds, got {s}");
+        anyhow::bail!("{flag} must be between 0 and 86400 seconds, got {s}");
     }
     Ok(Duration::from_secs_f64(s))
 }
@@ -249,7 +249,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             projection,
             otlp,
         } => {
-            let duration = seconds(duration)?;
+            let duration = seconds("--duration", duration)?;
             // Refuse a bad report request before sampling, not after.
             for path in &reports {
                 scalewise_agent::report::format_of(path)?;
@@ -388,7 +388,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let opts = scalewise_agent::demo::system::SystemOptions {
                 listen,
-                stop_after: stop_after.map(seconds).transpose()?,
+                stop_after: stop_after.map(|s| seconds("--stop-after", s)).transpose()?,
             };
             let json = matches!(format, Format::Json);
             let last = scalewise_agent::demo::system::run(opts, &mut |line| {
@@ -408,7 +408,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Demo {
             duration, format, ..
         } => {
-            let duration = seconds(duration)?;
+            let duration = seconds("--duration", duration)?;
             let cases = scalewise_agent::demo::run(duration, &mut |line| eprintln!("{line}"))?;
             match format {
                 Format::Json => {
