@@ -111,6 +111,8 @@ pub struct Session {
     /// The fd map being replaced during a scan (reused across targets and discoveries).
     fd_scratch: HashMap<i32, u64>,
     discoveries: u64,
+    /// Event-loop CPU and run-queue delay totals at the last read (ns).
+    loop_totals: (u64, u64),
     threads_known: ThreadKnowledge,
     host_cores: u32,
     clock_ticks: f64,
@@ -228,6 +230,7 @@ impl Session {
             inode_owner: HashMap::new(),
             fd_scratch: HashMap::new(),
             discoveries: 0,
+            loop_totals: (0, 0),
             threads_known: ThreadKnowledge::default(),
             last_step: None,
             last_discovery: None,
@@ -550,8 +553,13 @@ impl Session {
         self.budget.cpu_s = app_cpu_s.max(process_cpu_s - gc_cpu_s);
         self.budget.gc_thread_cpu_s = gc_cpu_s;
         self.budget.cpu_wait_s = delay_ns as f64 / 1e9;
-        self.budget.loop_cpu_s = loop_cpu_ns as f64 / 1e9;
-        self.budget.loop_delay_s = loop_delay_ns as f64 / 1e9;
+        // Which threads are the loop can change (one caught in epoll, a process found reading):
+        // the totals under the current classification may then drop. The budget's counters
+        // only grow, by each interval's increase under the classification of the moment.
+        let (last_cpu, last_delay) = self.loop_totals;
+        self.budget.loop_cpu_s += loop_cpu_ns.saturating_sub(last_cpu) as f64 / 1e9;
+        self.budget.loop_delay_s += loop_delay_ns.saturating_sub(last_delay) as f64 / 1e9;
+        self.loop_totals = (loop_cpu_ns, loop_delay_ns);
         // The wire's `scalewise.thread.busiest.time`: the busiest thread of each interval
         // between reads, summed (a counter, so windows are differences); named after the latest.
         if let Some((name, busy)) = busiest_interval {
