@@ -141,11 +141,7 @@ pub struct DemoCase {
 
 /// Runs the demo; `say` receives progress and result lines as they happen.
 pub fn run(duration: Duration, say: &mut dyn FnMut(&str)) -> Result<Vec<DemoCase>, DemoError> {
-    let exe = std::env::current_exe().unwrap_or_default();
-    let bin = exe.with_file_name("scalewise-workload");
-    if !bin.exists() {
-        return Err(DemoError::NoWorkloads(bin));
-    }
+    let bin = sibling("scalewise-workload")?;
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     let backend = spawn(&bin, &s(&["backend", "--port", "0", "--ms", "40"]))?;
     let mut results = Vec::new();
@@ -183,6 +179,17 @@ pub fn run(duration: Duration, say: &mut dyn FnMut(&str)) -> Result<Vec<DemoCase
     }
     drop(backend);
     Ok(results)
+}
+
+/// A binary built beside this one (the workloads, the collector).
+fn sibling(name: &str) -> Result<PathBuf, DemoError> {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let bin = exe.with_file_name(name);
+    if bin.exists() {
+        Ok(bin)
+    } else {
+        Err(DemoError::NoWorkloads(bin))
+    }
 }
 
 /// The three sample services: name, the verdict they should get, and the workload's arguments.

@@ -14,7 +14,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{get_json, sample_cases, spawn, spawn_load, truth, truth_shares, DemoError, DEMO_ENV};
+use super::{
+    get_json, sample_cases, sibling, spawn, spawn_load, truth, truth_shares, DemoError, DEMO_ENV,
+};
 
 /// The window the collector is asked about: long enough for a few exports, short enough to
 /// settle quickly.
@@ -93,16 +95,6 @@ fn free_port() -> Result<u16, DemoError> {
         source,
     })?;
     Ok(l.local_addr().map(|a| a.port()).unwrap_or(0))
-}
-
-fn sibling(name: &str) -> Result<PathBuf, DemoError> {
-    let exe = std::env::current_exe().unwrap_or_default();
-    let bin = exe.with_file_name(name);
-    if bin.exists() {
-        Ok(bin)
-    } else {
-        Err(DemoError::NoWorkloads(bin))
-    }
 }
 
 fn start_logged(bin: &Path, args: &[String], log: &Path, what: &str) -> Result<Child, DemoError> {
