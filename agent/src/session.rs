@@ -131,6 +131,9 @@ pub struct Session {
     /// Variance of `request_s` from sampling idle connections, and the last sampling rate.
     in_flight_var: f64,
     idle_sampling: Option<(usize, f64)>,
+    /// Rounds of the in-flight time sample: sums of `dt²`, `dt² x` and `dt² x²`, for its
+    /// standard error (rounds taken as independent: they are far apart next to most requests).
+    rounds: (u64, [f64; 3]),
 }
 
 fn note(notes: &mut Vec<String>, text: String) {
@@ -244,6 +247,7 @@ impl Session {
             notes,
             in_flight_var: 0.0,
             idle_sampling: None,
+            rounds: (0, [0.0; 3]),
         })
     }
 
@@ -326,6 +330,12 @@ impl Session {
                 );
                 self.budget.request_s += round.in_flight * dt;
                 self.in_flight_var += round.in_flight_var * dt * dt;
+                let x = round.in_flight;
+                self.rounds.0 += 1;
+                let sums = &mut self.rounds.1;
+                sums[0] += dt * dt;
+                sums[1] += dt * dt * x;
+                sums[2] += dt * dt * x * x;
                 let (idle, p) = sockets.idle_sampled;
                 if p < 1.0 {
                     self.idle_sampling = Some((idle, p));
@@ -487,6 +497,9 @@ impl Session {
             for (&fd, &inode) in &t.fds {
                 self.inode_owner.insert(inode, (t.pid, fd));
             }
+        }
+        if let Some(s) = self.sockets.as_mut() {
+            s.agent_inodes = own_socket_inodes();
         }
         self.discoveries += 1;
         let owner = &self.inode_owner;
@@ -669,8 +682,11 @@ impl Session {
         if self.targets.iter().any(|t| t.threads.syscall_denied) {
             note(
                 &mut self.notes,
-                "thread states unreadable (/proc/PID/task/TID/syscall needs CAP_SYS_PTRACE, or the same uid with kernel.yama.ptrace_scope=0): ties within a kernel tick counted half, lock waits not corroborated".to_string(),
+                "thread states unreadable (/proc/PID/task/TID/syscall needs CAP_SYS_PTRACE, or the same uid with kernel.yama.ptrace_scope=0): ties within a kernel tick on event loops left unresolved, lock waits not corroborated".to_string(),
             );
+        }
+        if let Some(text) = self.sampling_error(b.request_s, b.window_s) {
+            note(&mut self.notes, text);
         }
         if let Some((idle, p)) = self.idle_sampling {
             let sd = if b.window_s > 0.0 {
@@ -690,6 +706,25 @@ impl Session {
         b
     }
 
+    /// Mean in flight is a time sample: its standard error from the spread between rounds,
+    /// said when it is more than 3% of the mean (a short window on a service whose connections
+    /// alternate between busy and idle), so that nobody reads a sampling wobble as a change.
+    fn sampling_error(&self, request_s: f64, window_s: f64) -> Option<String> {
+        let (n, [s0, s1, s2]) = self.rounds;
+        if n < 2 || window_s <= 0.0 || request_s <= 0.0 {
+            return None;
+        }
+        let mean = request_s / window_s;
+        let var = (s2 - 2.0 * mean * s1 + mean * mean * s0).max(0.0) + self.in_flight_var;
+        let se = var.sqrt() / window_s;
+        (se > 0.03 * mean).then(|| {
+            format!(
+                "mean in flight {mean:.2} is a time sample of {n} rounds: ±{se:.2} ({:.0}%) at one standard error; a longer window narrows it",
+                100.0 * se / mean
+            )
+        })
+    }
+
     pub fn budget(&self) -> &Budget {
         &self.budget
     }
@@ -701,7 +736,7 @@ impl Session {
         let mut b = self.budget.clone();
         b.notes = self.notes.clone();
         if self.targets.iter().any(|t| t.threads.syscall_denied) {
-            b.notes.push("thread states unreadable (/proc/PID/task/TID/syscall needs CAP_SYS_PTRACE, or the same uid with kernel.yama.ptrace_scope=0): ties within a kernel tick counted half, lock waits not corroborated".to_string());
+            b.notes.push("thread states unreadable (/proc/PID/task/TID/syscall needs CAP_SYS_PTRACE, or the same uid with kernel.yama.ptrace_scope=0): ties within a kernel tick on event loops left unresolved, lock waits not corroborated".to_string());
         }
         b
     }
@@ -748,6 +783,18 @@ impl Session {
 /// Built aside (in `next`) and swapped in whole: a table refused mid-window keeps the
 /// connections known so far (their sockets are still looked up by inode), rather than
 /// forgetting them.
+/// The agent's own sockets (its scrapes of the service's metrics endpoints, its exports): the
+/// service's end of such a connection is the agent's traffic, not a client's request.
+fn own_socket_inodes() -> HashSet<u64> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return HashSet::new();
+    };
+    dir.flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter_map(|t| parse_socket_link(t.as_os_str().as_encoded_bytes()))
+        .collect()
+}
+
 fn scan_fds(
     proc_pid: &Path,
     out: &mut HashMap<i32, u64>,

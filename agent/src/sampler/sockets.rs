@@ -13,7 +13,8 @@
 //!    than a tick, part-sent responses and event loops;
 //! 5. we spoke last by timestamps;
 //! 6. a tie: nothing moved since a round whose state was known (it carries), a first request,
-//!    a thread blocked reading that socket or, in a process without event loops, none reading it;
+//!    a thread blocked reading that socket or, in a process without event loops, none reading it,
+//!    or nothing moved for a second (idle);
 //! 7. otherwise the sample is *unresolved*: it takes the in-flight rate of the service's resolved
 //!    samples ([`Fill`]), is counted, and lowers the confidence. Never a flat half.
 //!
@@ -82,7 +83,7 @@ pub enum How {
     /// No thread reading it in a thread-per-connection process: an inference, not carried to
     /// later rounds.
     NoReader,
-    /// First sight of a connection quiet for a second or more.
+    /// A tie on a connection quiet for a second or more in both directions.
     Quiet,
     /// Nothing could tell; the value is filled in from the resolved samples of the service.
     Unresolved,
@@ -172,7 +173,12 @@ pub fn decide(
             Reader::Unknown => {}
         }
     }
-    if prev.is_none() && info.last_data_sent_ms >= 1000 {
+    // Quiet for a second or more in both directions (a tie, nothing carried): the exchange that
+    // tied ended long ago. Whether first seen now or never resolved since, a connection nothing
+    // has moved on for a second is an idle keep-alive (the agent's own scrape of the service's
+    // metrics, a load balancer's spare connection), not a request: requests that outlast a
+    // second on a connection with no learnt shape are far rarer than idle connections.
+    if info.last_data_sent_ms >= 1000 && info.last_data_recv_ms >= 1000 {
         return is(0.0, How::Quiet);
     }
     is(0.0, How::Unresolved)
@@ -308,6 +314,10 @@ pub struct SocketSampler {
     /// Inodes of the service's sockets open at the last full dump: an fd still mapped to one
     /// needs no new readlink (see `session::scan_fds`).
     pub open_at_dump: HashSet<u64>,
+    /// The agent's own socket inodes, and the local addresses they had at the last full dump:
+    /// an inbound connection from one of those is the agent scraping the service, left out.
+    pub agent_inodes: HashSet<u64>,
+    agent_addrs: HashSet<SocketAddr>,
 }
 
 impl SocketSampler {
@@ -331,6 +341,8 @@ impl SocketSampler {
             skipped: (0, 0),
             idle_sampled: (0, 1.0),
             open_at_dump: HashSet::new(),
+            agent_inodes: HashSet::new(),
+            agent_addrs: HashSet::new(),
         })
     }
 
@@ -388,7 +400,11 @@ impl SocketSampler {
             self.diag.dump(&mut self.socks)?;
             self.foreign_listeners = false;
             self.open_at_dump.clear();
+            self.agent_addrs.clear();
             for s in &self.socks {
+                if s.inode != 0 && self.agent_inodes.contains(&s.inode) {
+                    self.agent_addrs.insert(s.local);
+                }
                 if s.state == TCP_LISTEN {
                     if owned(s.inode) {
                         self.listen_ports.insert(s.local.port());
@@ -422,7 +438,7 @@ impl SocketSampler {
             // socket of this network namespace can have our listening port as its local port.
             let inbound = self.listen_ports.contains(&s.local.port());
             let ours = inbound || (s.inode != 0 && owned(s.inode));
-            if !ours {
+            if !ours || (inbound && self.agent_addrs.contains(&s.remote)) {
                 continue;
             }
             if full && s.inode != 0 {
@@ -659,6 +675,17 @@ mod tests {
             None,
         );
         assert_eq!(d.how, How::Unresolved);
+        // ... until it has been quiet for a second: then it is idle.
+        let quiet = info(1200, 1200, 100);
+        let d = decide(
+            true,
+            &sock(0),
+            &quiet,
+            Some((&quiet, unresolved)),
+            &mut Knows(Reader::Unknown),
+            None,
+        );
+        assert_eq!((d.value, d.how), (0.0, How::Quiet));
         // Data moved: a thread blocked reading the socket means outbound awaits.
         let moved = info(0, 0, 50);
         let d = decide(
