@@ -6,6 +6,7 @@
 //! format; behind the `server` feature, [`server`] is the collector itself.
 
 pub mod budget;
+pub mod decoded;
 pub mod engine;
 pub mod report;
 pub mod wire;

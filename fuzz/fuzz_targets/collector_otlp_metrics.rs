@@ -88,6 +88,7 @@ fn limits() -> Limits {
     Limits {
         max_body_bytes: 64 << 10,
         max_decompressed_bytes: 256 << 10,
+        max_decoded_bytes: 2 << 20,
         max_services: 8,
         max_instances_per_service: 4,
         max_dependencies_per_service: 4,
@@ -96,10 +97,11 @@ fn limits() -> Limits {
     }
 }
 
-/// What one input may hold at once beyond what was live before it: the decoded request may be
-/// larger than its body (every empty submessage is a struct), but only by a fixed factor.
+/// What one input may hold at once beyond what was live before it: the decoded request is
+/// estimated before decoding and refused over `max_decoded_bytes`, so the heap stays within a
+/// small factor of that estimate (vector capacities), whatever the body.
 fn heap_bound(l: &Limits) -> usize {
-    64 * l.max_decompressed_bytes + (16 << 20)
+    4 * l.max_decoded_bytes + 4 * l.max_decompressed_bytes + (16 << 20)
 }
 
 fn gzip(data: &[u8]) -> Vec<u8> {

@@ -203,15 +203,86 @@ fn grpc_export_is_received_like_http() {
             assert!(resp.partial_success.is_none(), "{resp:?}");
         }
     });
+    // Under the size limit but ~60 times that once decoded (2-byte empty messages): refused by
+    // the estimate before prost decodes it, and counted.
+    let bomb: Vec<u8> = std::iter::repeat_n([0x0a, 0x00], 2 << 20)
+        .flatten()
+        .collect();
+    let status = rt
+        .block_on(raw_grpc(grpc_port, bomb, None))
+        .expect_err("refused");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status}");
+    assert!(status.message().contains("once decoded"), "{status}");
     let got = c
         .json("/api/v1/services/grpc-svc?window=5m")
         .expect("answer");
     assert_matches_engine(&got, "grpc-svc", &i.profile.budget(50.0));
     assert!(
+        c.metric("scalewise_collector_requests_rejected_total{reason=\"too_large\"}")
+            .expect("m")
+            >= 1.0
+    );
+    assert!(
         c.metric("scalewise_collector_points_received_total{transport=\"grpc\"}")
             .expect("m")
             > 0.0
     );
+}
+
+/// Sends `body` as the Export method's message, bytes as they are, with an optional token.
+async fn raw_grpc(port: u16, body: Vec<u8>, token: Option<&str>) -> Result<(), tonic::Status> {
+    use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+    #[derive(Clone, Default)]
+    struct Raw;
+    impl Encoder for Raw {
+        type Item = Vec<u8>;
+        type Error = tonic::Status;
+        fn encode(&mut self, item: Vec<u8>, buf: &mut EncodeBuf<'_>) -> Result<(), Self::Error> {
+            use prost::bytes::BufMut;
+            buf.put_slice(&item);
+            Ok(())
+        }
+    }
+    impl Decoder for Raw {
+        type Item = Vec<u8>;
+        type Error = tonic::Status;
+        fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Self::Error> {
+            use prost::bytes::Buf;
+            Ok(Some(buf.copy_to_bytes(buf.remaining()).to_vec()))
+        }
+    }
+    impl Codec for Raw {
+        type Encode = Vec<u8>;
+        type Decode = Vec<u8>;
+        type Encoder = Raw;
+        type Decoder = Raw;
+        fn encoder(&mut self) -> Raw {
+            Raw
+        }
+        fn decoder(&mut self) -> Raw {
+            Raw
+        }
+    }
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .map_err(|e| tonic::Status::unknown(e.to_string()))?
+        .connect()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let mut req = tonic::Request::new(body);
+    if let Some(t) = token {
+        req.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {t}").parse().expect("header value"),
+        );
+    }
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+        "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
+    );
+    grpc.unary(req, path, Raw).await.map(|_| ())
 }
 
 /// One healthy service whose answer must not move while others misbehave.
@@ -293,6 +364,21 @@ fn hostile_input_is_refused_or_counted_and_changes_no_other_answer() {
         }
     }
     assert_eq!(c.post(pb, Some("gzip"), b"not gzip").expect("post").0, 400);
+    // Empty messages, 2 bytes each, under every size limit: ~60 times larger decoded. Refused
+    // from the estimate before decoding, in protobuf and in JSON.
+    let empties: Vec<u8> = std::iter::repeat_n([0x0a, 0x00], 1900 << 10)
+        .flatten()
+        .collect();
+    let (status, body) = c.post(pb, None, &empties).expect("post");
+    assert_eq!(status, 413, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("once decoded"));
+    let mut json = b"{\"resourceMetrics\":[".to_vec();
+    json.extend(std::iter::repeat_n(&b"{},"[..], 1300 << 10).flatten());
+    json.extend_from_slice(b"{}]}");
+    assert_eq!(
+        c.post("application/json", None, &json).expect("post").0,
+        413
+    );
 
     // NaN, negative values, far-future timestamps, no service.name: refused point by point.
     let attrs = otlp::resource_attrs("weird", "w", None);
@@ -692,7 +778,39 @@ fn exposed_listens_need_tokens_and_tokens_are_checked() {
     let dir = temp_dir("tokens");
     let tokens = dir.join("tokens");
     std::fs::write(&tokens, "# ops\ns3cret\n").expect("write");
-    let c = Collector::start(&["--token-file", tokens.to_str().expect("utf8")]).expect("start");
+    let grpc_port = scalewise_e2e::harness::free_port();
+    let c = Collector::start(&[
+        "--token-file",
+        tokens.to_str().expect("utf8"),
+        "--grpc-listen",
+        &format!("127.0.0.1:{grpc_port}"),
+    ])
+    .expect("start");
+    // gRPC: the token is checked from the headers, before the message is decoded (an
+    // undecodable body still gets "unauthenticated", not a decode error).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    for token in [None, Some("wrong")] {
+        let status = rt
+            .block_on(raw_grpc(grpc_port, b"\xff\xff".to_vec(), token))
+            .expect_err("refused");
+        assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status}");
+    }
+    let status = rt
+        .block_on(raw_grpc(grpc_port, b"\xff\xff".to_vec(), Some("s3cret")))
+        .expect_err("undecodable");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status}");
+    let ok = otlp::request(
+        &otlp::resource_attrs("auth-grpc", "g", None),
+        &Profile::cpu_bound().budget(10.0),
+        now_ns() - 10 * S,
+        now_ns(),
+    )
+    .encode_to_vec();
+    rt.block_on(raw_grpc(grpc_port, ok, Some("s3cret")))
+        .expect("accepted with the token");
     let t = now_ns();
     let body = Instance::new("auth", "a", 1, Profile::cpu_bound(), t - 10 * S).body_at(t);
     let url = format!("{}/v1/metrics", c.url());

@@ -36,6 +36,11 @@ use super::{unix_ns, with, SharedAggregate};
 /// Largest body accepted as sent (compressed or not), and after decompression.
 pub const MAX_BODY_BYTES: usize = 8 << 20;
 pub const MAX_DECODED_BYTES: usize = 32 << 20;
+/// Largest memory a body may take once decoded, estimated before decoding it (see
+/// `scalewise_collector::decoded`: empty messages are 2 bytes on the wire, ~100 in memory).
+pub const MAX_DECODED_MEMORY: usize = 128 << 20;
+/// Largest OTLP/gRPC message (decompressed) on the traces receiver.
+pub const GRPC_MAX_MESSAGE_BYTES: usize = 4 << 20;
 /// Bodies waiting for the forward target, at most.
 pub const FORWARD_QUEUE: usize = 256;
 pub const FORWARD_QUEUE_BYTES: usize = 32 << 20;
@@ -64,6 +69,8 @@ pub enum DecodeError {
     TooLarge(usize),
     #[error("decompressed body over {0} bytes")]
     DecompressedTooLarge(usize),
+    #[error("body would take about {0} bytes once decoded (limit {1})")]
+    DecodesTooLarge(usize, usize),
     #[error("bad gzip: {0}")]
     Gzip(String),
     #[error("bad protobuf: {0}")]
@@ -80,7 +87,9 @@ impl DecodeError {
     /// The counter a refusal is filed under.
     pub fn kind(&self) -> &'static str {
         match self {
-            DecodeError::TooLarge(_) | DecodeError::DecompressedTooLarge(_) => "too_large",
+            DecodeError::TooLarge(_)
+            | DecodeError::DecompressedTooLarge(_)
+            | DecodeError::DecodesTooLarge(..) => "too_large",
             DecodeError::Gzip(_) => "bad_gzip",
             DecodeError::Protobuf(_) => "bad_protobuf",
             DecodeError::Json(_) => "bad_json",
@@ -90,9 +99,9 @@ impl DecodeError {
 
     fn status(&self) -> StatusCode {
         match self {
-            DecodeError::TooLarge(_) | DecodeError::DecompressedTooLarge(_) => {
-                StatusCode::PAYLOAD_TOO_LARGE
-            }
+            DecodeError::TooLarge(_)
+            | DecodeError::DecompressedTooLarge(_)
+            | DecodeError::DecodesTooLarge(..) => StatusCode::PAYLOAD_TOO_LARGE,
             DecodeError::ContentType(_) | DecodeError::ContentEncoding(_) => {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE
             }
@@ -127,6 +136,13 @@ pub fn decode_http(
     } else {
         body
     };
+    let estimate = match format {
+        Format::Protobuf => scalewise_collector::decoded::protobuf_estimate(bytes),
+        Format::Json => scalewise_collector::decoded::json_estimate(bytes),
+    };
+    if estimate > MAX_DECODED_MEMORY {
+        return Err(DecodeError::DecodesTooLarge(estimate, MAX_DECODED_MEMORY));
+    }
     match format {
         Format::Protobuf => ExportTraceServiceRequest::decode(bytes)
             .map_err(|e| DecodeError::Protobuf(e.to_string())),
@@ -462,7 +478,9 @@ impl Receiver {
             max_body: cfg.max_body_bytes,
         };
         let grpc = TraceServiceServer::new(Grpc(state.clone()))
-            .max_decoding_message_size(MAX_DECODED_BYTES)
+            // gRPC's usual 4 MiB: prost decodes inside tonic, before any estimate could run, and a
+            // message of empty spans decodes to ~50 times its size.
+            .max_decoding_message_size(GRPC_MAX_MESSAGE_BYTES)
             .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
         let app = axum::Router::new()
             .route("/v1/traces", post(http_traces))
@@ -603,6 +621,14 @@ mod tests {
         assert!(bomb.len() < 1 << 20);
         let e = decode_http(&bomb, Format::Protobuf, true, 1 << 20).expect_err("bomb");
         assert_eq!(e, DecodeError::DecompressedTooLarge(1 << 20));
+        assert_eq!(e.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        // 2 MiB of empty spans lists: under the size limit, over the decoded-memory estimate.
+        let empties: Vec<u8> = std::iter::repeat_n([0x0a, 0x00], 1 << 20)
+            .flatten()
+            .collect();
+        let e = decode_http(&empties, Format::Protobuf, false, MAX_DECODED_BYTES)
+            .expect_err("estimate");
+        assert!(matches!(e, DecodeError::DecodesTooLarge(..)), "{e}");
         assert_eq!(e.status(), StatusCode::PAYLOAD_TOO_LARGE);
     }
 

@@ -25,6 +25,10 @@ use crate::wire;
 pub enum IngestError {
     #[error("body larger than {0} bytes")]
     TooLarge(usize),
+    #[error(
+        "body would take about {0} bytes once decoded (limit {1}): send fewer points per request"
+    )]
+    DecodesTooLarge(usize, usize),
     #[error("{0}")]
     Inflate(#[from] InflateError),
     #[error("unsupported content-type {0:?}: use application/x-protobuf or application/json")]
@@ -41,9 +45,9 @@ impl IngestError {
     /// A fixed reason for `scalewise_collector_requests_rejected_total{reason}`.
     pub fn reason(&self) -> &'static str {
         match self {
-            IngestError::TooLarge(_) | IngestError::Inflate(InflateError::TooLarge(_)) => {
-                "too_large"
-            }
+            IngestError::TooLarge(_)
+            | IngestError::DecodesTooLarge(..)
+            | IngestError::Inflate(InflateError::TooLarge(_)) => "too_large",
             IngestError::Inflate(InflateError::Gzip(_)) => "bad_gzip",
             IngestError::MediaType(_) | IngestError::Encoding(_) => "unsupported_media_type",
             IngestError::Protobuf(_) | IngestError::Json(_) => "decode",
@@ -103,6 +107,16 @@ pub fn decode_body(
         }
         Some(other) => return Err(IngestError::Encoding(other.chars().take(40).collect())),
     };
+    let estimate = match format {
+        Format::Protobuf => crate::decoded::protobuf_estimate(raw),
+        Format::Json => crate::decoded::json_estimate(raw),
+    };
+    if estimate > limits.max_decoded_bytes {
+        return Err(IngestError::DecodesTooLarge(
+            estimate,
+            limits.max_decoded_bytes,
+        ));
+    }
     let req = match format {
         Format::Protobuf => ExportMetricsServiceRequest::decode(raw)
             .map_err(|e| IngestError::Protobuf(e.to_string()))?,

@@ -16,6 +16,9 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Largest body after gzip decompression; a gzip bomb stops here instead of inflating.
     pub max_decompressed_bytes: usize,
+    /// Largest memory a body may take once decoded, estimated before decoding it (see
+    /// [`crate::decoded`]): 2-byte empty messages cannot decode to a hundred times their size.
+    pub max_decoded_bytes: usize,
     /// Services tracked; points of further services are dropped and counted.
     pub max_services: usize,
     /// Instances tracked per service.
@@ -43,6 +46,7 @@ impl Default for Limits {
         Limits {
             max_body_bytes: 4 << 20,
             max_decompressed_bytes: 16 << 20,
+            max_decoded_bytes: 128 << 20,
             max_services: 2000,
             max_instances_per_service: 200,
             max_dependencies_per_service: 64,

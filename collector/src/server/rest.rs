@@ -163,7 +163,9 @@ async fn otlp_http(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) 
         Ok(x) => x,
         Err(e) => {
             let status = match &e {
-                IngestError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+                IngestError::TooLarge(_) | IngestError::DecodesTooLarge(..) => {
+                    StatusCode::PAYLOAD_TOO_LARGE
+                }
                 IngestError::Inflate(super::limits::InflateError::TooLarge(_)) => {
                     StatusCode::PAYLOAD_TOO_LARGE
                 }
