@@ -205,10 +205,27 @@ fn per_host_agent(
     secs: u64,
     done: impl Fn(&str) -> bool,
 ) -> (String, String) {
+    run_agent(
+        prefix,
+        &["--all-namespaces", "--pid", &pid.to_string()],
+        secs,
+        done,
+    )
+}
+
+/// `run ARGS --metrics-listen` through `prefix`: the last scrape after at most `secs`, when
+/// `done` holds, and stderr.
+fn run_agent(
+    prefix: &[String],
+    args: &[&str],
+    secs: u64,
+    done: impl Fn(&str) -> bool,
+) -> (String, String) {
     let port = free_port();
     let log = temp_dir("privilege-agent").join("stderr");
     let mut agent = wrapped(prefix, agent_bin())
-        .args(["run", "--all-namespaces", "--pid", &pid.to_string()])
+        .arg("run")
+        .args(args)
         .args(["--metrics-listen", &format!("127.0.0.1:{port}")])
         .args(["--discovery-interval", "1", "--export-interval", "2"])
         .env("RUST_LOG", "info")
@@ -287,6 +304,41 @@ fn per_host_mode_reaches_another_network_namespace_only_with_cap_sys_admin() {
     assert!(
         stderr.contains("service skipped") && stderr.contains("CAP_SYS_ADMIN"),
         "{stderr}"
+    );
+}
+
+#[test]
+fn discovering_listeners_without_cap_sys_ptrace_names_what_it_cannot_see() {
+    if !root() {
+        return;
+    }
+    let _x = exclusive();
+    let (svc, _load) = other_users_service(30.0);
+    // Every process with a listener, no target given: another user's fds need CAP_SYS_PTRACE.
+    let one = root_with_only(&["dac_read_search"], true);
+    let wanted = "scalewise_agent_skipped_services{reason=\"no_cap_sys_ptrace\"}";
+    let (text, stderr) = run_agent(&one, &[], 20, |t| sum_of(t, wanted) >= 1.0);
+    assert!(sum_of(&text, wanted) >= 1.0, "{text}\n{stderr}");
+    // One line for all of them (the service's pid among the first ten named, or cut short).
+    let pid = format!("pid {}", svc.pid);
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("service skipped"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].contains("CAP_SYS_PTRACE")
+            && (lines[0].contains(&pid) || lines[0].contains(", ...")),
+        "{stderr}"
+    );
+    // With CAP_SYS_PTRACE it is found and sampled.
+    let two = root_with_only(&["sys_ptrace", "dac_read_search"], true);
+    let (text, stderr) = run_agent(&two, &[], 20, |t| {
+        sum_of(t, "scalewise_requests_total") > 100.0
+    });
+    assert!(
+        sum_of(&text, "scalewise_requests_total") > 100.0,
+        "{text}\n{stderr}"
     );
 }
 

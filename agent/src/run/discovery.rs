@@ -200,6 +200,9 @@ pub struct Found {
     pub groups: Vec<Group>,
     /// `--pid` targets that are gone (exited, or their pid now belongs to another process).
     pub gone_pids: Vec<u32>,
+    /// Listening mode: processes whose fd table the agent may not read (another user's, without
+    /// `CAP_SYS_PTRACE`): whether they serve anything cannot be known. Pid and command name.
+    pub unreadable: Vec<(u32, String)>,
 }
 
 struct Known {
@@ -222,6 +225,9 @@ pub struct Discovery {
     fd_checks: HashMap<ProcId, (bool, u64)>,
     netns_cache: HashMap<ProcId, u64>,
     scans: u64,
+    /// Processes whose fd table could not be read at their last check (see
+    /// [`Found::unreadable`]), with their command names.
+    unreadable: HashMap<ProcId, String>,
 }
 
 /// Listening mode: a process seen without a listener is looked at again after this many
@@ -259,6 +265,7 @@ impl Discovery {
             pinned,
             fd_checks: HashMap::new(),
             netns_cache: HashMap::new(),
+            unreadable: HashMap::new(),
             scans: 0,
         }
     }
@@ -368,7 +375,16 @@ impl Discovery {
                 }
                 out
             }
-            Selector::Listening => self.listening(),
+            Selector::Listening => {
+                let out = self.listening();
+                found.unreadable = self
+                    .unreadable
+                    .iter()
+                    .map(|(id, comm)| (id.pid, comm.clone()))
+                    .collect();
+                found.unreadable.sort();
+                out
+            }
         };
         let mut live = HashSet::new();
         let mut groups: BTreeMap<(u64, String, ServiceInfo), BTreeSet<ProcId>> = BTreeMap::new();
@@ -430,6 +446,7 @@ impl Discovery {
         let live: HashSet<ProcId> = procs.iter().map(|p| p.0).collect();
         self.netns_cache.retain(|id, _| live.contains(id));
         self.fd_checks.retain(|id, _| live.contains(id));
+        self.unreadable.retain(|id, _| live.contains(id));
         let scans = self.scans;
         let due = |c: Option<&(bool, u64)>| match c {
             None => true,
@@ -470,14 +487,35 @@ impl Discovery {
             let holds = if !due(check.as_ref()) {
                 check.is_some_and(|c| c.0)
             } else {
-                let holds = listeners.get(&ns).is_some_and(|set| {
-                    !set.is_empty()
-                        && p.fd().is_ok_and(|fds| {
-                            fds.flatten().any(
-                                |fd| matches!(fd.target, FDTarget::Socket(inode) if set.contains(&inode)),
-                            )
-                        })
-                });
+                self.unreadable.remove(&id);
+                let set = listeners.get(&ns).filter(|set| !set.is_empty());
+                // The directory lists with CAP_DAC_READ_SEARCH alone, but each link needs
+                // ptrace access, and procfs skips the links it cannot read: a table that yields
+                // nothing is checked directly. Refused, whether it serves is unknown (looked at
+                // again at the next recheck: capabilities may be granted).
+                let holds = match set.map(|set| (set, p.fd())) {
+                    None => false,
+                    Some((set, Ok(fds))) => {
+                        let (mut seen, mut holds) = (false, false);
+                        for fd in fds.flatten() {
+                            seen = true;
+                            if matches!(fd.target, FDTarget::Socket(inode) if set.contains(&inode))
+                            {
+                                holds = true;
+                                break;
+                            }
+                        }
+                        if !seen && fds_denied(&self.cfg.proc_root.join(id.pid.to_string())) {
+                            self.unreadable.insert(id, comm.clone());
+                        }
+                        holds
+                    }
+                    Some((_, Err(procfs::ProcError::PermissionDenied(_)))) => {
+                        self.unreadable.insert(id, comm.clone());
+                        false
+                    }
+                    Some((_, Err(_))) => false, // exited meanwhile
+                };
                 self.fd_checks.insert(id, (holds, scans));
                 holds
             };
@@ -487,6 +525,17 @@ impl Discovery {
         }
         out
     }
+}
+
+/// Whether `/proc/PID/fd` holds links the agent may not read.
+fn fds_denied(proc_pid: &std::path::Path) -> bool {
+    let Ok(mut dir) = std::fs::read_dir(proc_pid.join("fd")) else {
+        return false;
+    };
+    dir.find_map(Result::ok).is_some_and(|e| {
+        std::fs::read_link(e.path())
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied)
+    })
 }
 
 /// `service.instance.id`: a UUIDv5 of the host and the members' pids and start times, so the

@@ -211,6 +211,7 @@ async fn run_async(cfg: RunConfig) -> Result<(), RunError> {
         target_interval: cfg.target_interval,
         host,
         shared: shared.clone(),
+        warned_unreadable: Default::default(),
     };
     let sampler_thread = std::thread::Builder::new()
         .name("sw-sampler".into())

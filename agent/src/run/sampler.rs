@@ -32,6 +32,8 @@ pub struct Sampler {
     pub target_interval: std::time::Duration,
     pub host: String,
     pub shared: Arc<Shared>,
+    /// Whether processes whose files cannot be read were already reported at warn level.
+    pub warned_unreadable: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -63,7 +65,13 @@ impl Sampler {
                         );
                     }
                 }
-                self.reconcile(&mut live, found.groups, cap_sys_admin, first);
+                self.reconcile(
+                    &mut live,
+                    found.groups,
+                    &found.unreadable,
+                    cap_sys_admin,
+                    first,
+                );
                 if first && live.is_empty() {
                     tracing::warn!("no target found yet; looking again at each discovery");
                 }
@@ -127,11 +135,17 @@ impl Sampler {
         let names: Vec<&str> = skipped.values().map(|s| s.service.as_str()).collect();
         let reasons: std::collections::BTreeSet<&str> =
             skipped.values().map(|s| s.reason).collect();
+        // A host agent without CAP_SYS_PTRACE may be unable to look at hundreds of processes.
+        const SHOWN: usize = 10;
+        let more = match names.len().saturating_sub(SHOWN) {
+            0 => String::new(),
+            n => format!(" and {n} more"),
+        };
         vec![format!(
-            "{} service(s) on this host not sampled ({}): {}",
+            "{} service(s) on this host not sampled ({}): {}{more}",
             names.len(),
             reasons.into_iter().collect::<Vec<_>>().join(", "),
-            names.join(", ")
+            names[..names.len().min(SHOWN)].join(", ")
         )]
     }
 
@@ -181,6 +195,7 @@ impl Sampler {
         &self,
         live: &mut BTreeMap<String, Live>,
         groups: Vec<Group>,
+        unreadable: &[(u32, String)],
         cap_sys_admin: bool,
         first: bool,
     ) {
@@ -202,6 +217,16 @@ impl Sampler {
         }
         let own_netns = self.discovery.own_netns();
         let mut skipped_now = BTreeMap::new();
+        // Processes whose fds the agent may not read: whether they serve is unknown, and said.
+        for (pid, comm) in unreadable {
+            skipped_now.insert(
+                format!("{comm}@pid:{pid}"),
+                Skipped {
+                    service: format!("{comm} (pid {pid})"),
+                    reason: "no_cap_sys_ptrace",
+                },
+            );
+        }
         for (id, g) in wanted {
             if live.contains_key(&id) {
                 continue;
@@ -276,8 +301,34 @@ impl Sampler {
             }
         }
         let mut skipped = lock(&self.shared.skipped);
+        // Processes that cannot be looked at: one line when first seen (a host agent without
+        // CAP_SYS_PTRACE may meet hundreds, short-lived ones at every discovery); each new one
+        // after that at debug level; the gauge always has the count.
+        let unseen: Vec<&str> = skipped_now
+            .iter()
+            .filter(|(k, s)| {
+                s.reason == "no_cap_sys_ptrace" && (first || !skipped.contains_key(*k))
+            })
+            .map(|(_, s)| s.service.as_str())
+            .collect();
+        if !unseen.is_empty() {
+            let text = format!(
+                "{} process(es) skipped: their open files cannot be read (another user's processes: grant the agent CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH), so whether they serve requests is unknown: {}{}",
+                unseen.len(),
+                unseen[..unseen.len().min(10)].join(", "),
+                if unseen.len() > 10 { ", ..." } else { "" }
+            );
+            if self
+                .warned_unreadable
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
+                tracing::debug!("{text}");
+            } else {
+                tracing::warn!("service skipped: {text}");
+            }
+        }
         for (key, s) in &skipped_now {
-            if !skipped.contains_key(key) || first {
+            if s.reason != "no_cap_sys_ptrace" && (!skipped.contains_key(key) || first) {
                 tracing::warn!(
                     service = %s.service,
                     reason = s.reason,
