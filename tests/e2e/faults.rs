@@ -80,7 +80,15 @@ fn a_full_disk_is_counted_served_from_memory_and_recovered_from() {
     .map(String::from)
     .chain([data.to_string_lossy().into_owned()])
     .collect();
-    let c = Collector::start_wrapped(&wrapper, &data, &[]).expect("collector on a tmpfs");
+    // Room for 6 snapshots while the disk is full: the oldest beyond that are dropped, counted.
+    let config = temp_dir("faults-enospc-config").join("collector.toml");
+    std::fs::write(&config, "[limits]\nmax_pending_snapshots = 6\n").expect("config");
+    let c = Collector::start_wrapped(
+        &wrapper,
+        &data,
+        &["--config", config.to_str().expect("utf8")],
+    )
+    .expect("collector on a tmpfs");
     let inside = PathBuf::from(format!("/proc/{}/root", c.pid()))
         .join(data.strip_prefix("/").unwrap_or(&data));
     let p = Profile::dependency_bound();
@@ -113,6 +121,17 @@ fn a_full_disk_is_counted_served_from_memory_and_recovered_from() {
         .metric("scalewise_collector_pending_snapshots")
         .expect("pending");
     assert!(pending > 0.0, "kept in memory for the next flush");
+    // More than the room for them: the newest kept, the rest counted as dropped.
+    export_for(&c, &inst, 6);
+    wait_until(10, "pending snapshots dropped past the limit", || {
+        c.metric("scalewise_collector_pending_dropped_total")
+            .unwrap_or(0.0)
+            > 0.0
+    });
+    let held = c
+        .metric("scalewise_collector_pending_snapshots")
+        .expect("pending");
+    assert!(held <= 6.0, "{held} pending with room for 6");
     // Still answering, from memory, with the snapshots the disk refused.
     assert_steady(&c, "orders", "1m", &p);
     assert!(c.get("/readyz").expect("ready").0 == 200);

@@ -19,6 +19,9 @@ pub struct Limits {
     /// Largest memory a body may take once decoded, estimated before decoding it (see
     /// [`crate::decoded`]): 2-byte empty messages cannot decode to a hundred times their size.
     pub max_decoded_bytes: usize,
+    /// Snapshots kept for SQLite while its writes fail (a full disk); past this the oldest are
+    /// dropped and counted (`scalewise_collector_pending_dropped_total`). ~250 bytes each.
+    pub max_pending_snapshots: usize,
     /// Services tracked; points of further services are dropped and counted.
     pub max_services: usize,
     /// Instances tracked per service.
@@ -47,6 +50,7 @@ impl Default for Limits {
             max_body_bytes: 4 << 20,
             max_decompressed_bytes: 16 << 20,
             max_decoded_bytes: 128 << 20,
+            max_pending_snapshots: 1_000_000,
             max_services: 2000,
             max_instances_per_service: 200,
             max_dependencies_per_service: 64,

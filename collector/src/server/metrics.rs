@@ -27,6 +27,7 @@ pub struct Telemetry {
     pub overflow: IntCounterVec,
     pub sqlite_write_errors: IntCounterVec,
     pub sqlite_recreated: IntCounter,
+    pub pending_dropped: IntCounter,
     pub services: IntGauge,
     pub instances: IntGauge,
     pub pending: IntGauge,
@@ -92,6 +93,12 @@ impl Telemetry {
             "Times the SQLite store was found removed while running and created anew.",
         )
         .unwrap_or_else(|_| unreachable_metric("sqlite_recreated"));
+        let pending_dropped = IntCounter::new(
+            "scalewise_collector_pending_dropped_total",
+            "Snapshots never written to SQLite because writes kept failing for longer than \
+             max_pending_snapshots could hold (oldest first; still served from memory while kept).",
+        )
+        .unwrap_or_else(|_| unreachable_metric("pending_dropped"));
         let services = IntGauge::new("scalewise_collector_services", "Services tracked.")
             .unwrap_or_else(|_| unreachable_metric("services"));
         let instances = IntGauge::new("scalewise_collector_instances", "Instances tracked.")
@@ -128,6 +135,7 @@ impl Telemetry {
             Box::new(sqlite_write.clone()),
             Box::new(connections_open.clone()),
             Box::new(sqlite_recreated.clone()),
+            Box::new(pending_dropped.clone()),
         ] {
             let _ = registry.register(c);
         }
@@ -152,6 +160,7 @@ impl Telemetry {
             overflow,
             sqlite_write_errors,
             sqlite_recreated,
+            pending_dropped,
             services,
             instances,
             pending,

@@ -318,6 +318,20 @@ impl App {
             let mut mem = lock(&self.mem);
             let mut again = snaps;
             again.append(&mut mem.pending);
+            // A disk full for hours: keep the newest, drop and count the oldest.
+            let over = again
+                .len()
+                .saturating_sub(self.config.limits.max_pending_snapshots);
+            if over > 0 {
+                again.drain(..over);
+                self.telemetry.pending_dropped.inc_by(over as u64);
+                tracing::error!(
+                    dropped = over,
+                    "SQLite writes have failed for longer than max_pending_snapshots can hold: the oldest snapshots will not be stored (memory still serves the last {})",
+                    self.config.memory_retention
+                );
+            }
+            self.telemetry.pending.set(again.len() as i64);
             mem.pending = again;
             for (s, i, _) in metas {
                 mem.dirty.insert((s, i));
