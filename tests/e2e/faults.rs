@@ -202,6 +202,70 @@ fn a_store_removed_while_running_is_created_anew_with_what_memory_holds() {
     let _ = std::fs::remove_dir_all(&data);
 }
 
+#[test]
+fn a_corrupt_store_at_start_is_set_aside_and_the_collector_serves() {
+    let data = temp_dir("faults-corrupt");
+    std::fs::create_dir_all(&data).expect("data dir");
+    // Not a database at all, and a header-intact store whose pages are garbage.
+    for (i, damage) in ["header", "pages"].into_iter().enumerate() {
+        let store = data.join("scalewise.sqlite");
+        if damage == "header" {
+            std::fs::write(&store, vec![0x5a; 64 << 10]).expect("garbage");
+        } else {
+            let mut c = Collector::start_in(&data, &[]).expect("collector");
+            let inst = Instance::new("ok", "ok-1", 1, Profile::cpu_bound(), now_ns() - 20 * S);
+            export_for(&c, &inst, 2);
+            wait_until(10, "a flush", || {
+                c.metric("scalewise_collector_pending_snapshots").ok() == Some(0.0)
+            });
+            assert!(c.stop().expect("stop").success());
+            let mut bytes = std::fs::read(&store).expect("store");
+            assert!(bytes.len() > 4096, "a store with pages");
+            for b in &mut bytes[4096..] {
+                *b = 0xa5;
+            }
+            std::fs::write(&store, bytes).expect("damage");
+        }
+        let c = Collector::start_in(&data, &[]).expect("starts despite a corrupt store");
+        assert_eq!(
+            c.metric("scalewise_collector_sqlite_corrupt_total").ok(),
+            Some(1.0),
+            "{damage}"
+        );
+        let aside = std::fs::read_dir(&data)
+            .expect("list")
+            .flatten()
+            .filter(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.starts_with("scalewise.sqlite.corrupt-")
+                    && !name.ends_with("-wal")
+                    && !name.ends_with("-shm")
+            })
+            .count();
+        assert_eq!(
+            aside,
+            i + 1,
+            "{damage}: the damaged file is kept for inspection"
+        );
+        assert_eq!(c.get("/readyz").expect("ready").0, 200);
+        let p = Profile::dependency_bound();
+        let inst = Instance::new("after", "a-1", 2, p.clone(), now_ns() - 20 * S);
+        export_for(&c, &inst, 3);
+        wait_until(10, "a flush into the new store", || {
+            c.metric("scalewise_collector_pending_snapshots").ok() == Some(0.0)
+        });
+        assert_eq!(
+            c.metric("scalewise_collector_sqlite_write_errors_total{reason=\"corrupt\"}")
+                .unwrap_or(0.0),
+            0.0
+        );
+        assert_steady(&c, "after", "1m", &p);
+        // Sleeping a second between damages keeps the set-aside names apart.
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    let _ = std::fs::remove_dir_all(&data);
+}
+
 /// `inst`'s counters at the real time `real_ns`, stamped `stamp_ns` by a clock that jumped.
 fn body_stamped(inst: &Instance, real_ns: u64, stamp_ns: u64) -> Vec<u8> {
     let b = inst

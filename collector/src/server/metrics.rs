@@ -28,6 +28,7 @@ pub struct Telemetry {
     pub sqlite_write_errors: IntCounterVec,
     pub sqlite_recreated: IntCounter,
     pub pending_dropped: IntCounter,
+    pub sqlite_corrupt: IntCounter,
     pub services: IntGauge,
     pub instances: IntGauge,
     pub pending: IntGauge,
@@ -99,6 +100,12 @@ impl Telemetry {
              max_pending_snapshots could hold (oldest first; still served from memory while kept).",
         )
         .unwrap_or_else(|_| unreachable_metric("pending_dropped"));
+        let sqlite_corrupt = IntCounter::new(
+            "scalewise_collector_sqlite_corrupt_total",
+            "Times the SQLite store was found corrupt (at start or by a flush), set aside as \
+             scalewise.sqlite.corrupt-<time> and replaced by a new one.",
+        )
+        .unwrap_or_else(|_| unreachable_metric("sqlite_corrupt"));
         let services = IntGauge::new("scalewise_collector_services", "Services tracked.")
             .unwrap_or_else(|_| unreachable_metric("services"));
         let instances = IntGauge::new("scalewise_collector_instances", "Instances tracked.")
@@ -136,6 +143,7 @@ impl Telemetry {
             Box::new(connections_open.clone()),
             Box::new(sqlite_recreated.clone()),
             Box::new(pending_dropped.clone()),
+            Box::new(sqlite_corrupt.clone()),
         ] {
             let _ = registry.register(c);
         }
@@ -161,6 +169,7 @@ impl Telemetry {
             sqlite_write_errors,
             sqlite_recreated,
             pending_dropped,
+            sqlite_corrupt,
             services,
             instances,
             pending,

@@ -182,7 +182,13 @@ impl App {
             (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
             _ => None,
         };
-        let db = Db::open(&config.data_dir)?;
+        let (db, aside) = Db::open_or_set_aside(&config.data_dir)?;
+        if let Some(aside) = &aside {
+            tracing::error!(
+                moved_to = %aside.display(),
+                "the SQLite store is corrupt: set aside, starting with an empty one (its history is not served)"
+            );
+        }
         let now = now_ms();
         let mut mem = Memory::default();
         for (service, instance, meta, snaps) in db.load_recent(
@@ -201,6 +207,9 @@ impl App {
             ready: AtomicBool::new(true),
             config,
         });
+        if aside.is_some() {
+            app.telemetry.sqlite_corrupt.inc();
+        }
         app.update_gauges();
         Ok(app)
     }
@@ -282,6 +291,30 @@ impl App {
         result
     }
 
+    /// The store went corrupt under the running collector: set it aside, open a new one, and
+    /// mark what memory holds to be written into it at the next flush.
+    fn set_aside_corrupt(&self) {
+        let dir = self.config.data_dir.clone();
+        let mut db = lock(&self.db);
+        // The open connection holds the old file; a new `Db` replaces it once set aside.
+        match Db::open_or_set_aside(&dir) {
+            Ok((fresh, aside)) => {
+                *db = fresh;
+                drop(db);
+                self.telemetry.sqlite_corrupt.inc();
+                tracing::error!(
+                    moved_to = %aside.map(|a| a.display().to_string()).unwrap_or_default(),
+                    "the SQLite store went corrupt: set aside, writing what memory holds (the last {}) into a new one",
+                    self.config.memory_retention
+                );
+                lock(&self.mem).pend_all();
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the SQLite store is corrupt and cannot be replaced")
+            }
+        }
+    }
+
     fn write_pending(&self) -> Result<usize, StoreError> {
         if lock(&self.db).reopen_if_removed()? {
             self.telemetry.sqlite_recreated.inc();
@@ -313,6 +346,11 @@ impl App {
         self.telemetry
             .sqlite_write
             .observe(started.elapsed().as_secs_f64());
+        if let Err(e) = &result {
+            if e.kind() == "corrupt" {
+                self.set_aside_corrupt();
+            }
+        }
         if let Err(e) = result {
             // Keep what could not be written for the next flush.
             let mut mem = lock(&self.mem);

@@ -41,7 +41,9 @@ impl StoreError {
                 Some(rusqlite::ErrorCode::ReadOnly) => "read_only",
                 Some(rusqlite::ErrorCode::SystemIoFailure) => "io",
                 Some(rusqlite::ErrorCode::CannotOpen) => "cannot_open",
-                Some(rusqlite::ErrorCode::DatabaseCorrupt) => "corrupt",
+                Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase) => {
+                    "corrupt"
+                }
                 _ => "other",
             },
         }
@@ -145,6 +147,52 @@ impl Db {
         ))?;
         db.ino = inode(&db.path);
         Ok(db)
+    }
+
+    /// Opens the store; one that SQLite finds corrupt (or not a database at all) is set aside as
+    /// `scalewise.sqlite.corrupt-<unix seconds>` (with its WAL) and a new one is opened: the
+    /// collector keeps receiving and serving, and the old file stays for inspection. Returns the
+    /// name it was moved to.
+    pub fn open_or_set_aside(dir: &Path) -> Result<(Db, Option<PathBuf>), StoreError> {
+        let err = match Db::open(dir).and_then(|db| db.check().map(|()| db)) {
+            Ok(db) => return Ok((db, None)),
+            Err(e) if e.kind() == "corrupt" => e,
+            Err(e) => return Err(e),
+        };
+        let path = dir.join("scalewise.sqlite");
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let aside = dir.join(format!("scalewise.sqlite.corrupt-{secs}"));
+        std::fs::rename(&path, &aside).map_err(|_| err)?;
+        for ext in ["-wal", "-shm"] {
+            let from = dir.join(format!("scalewise.sqlite{ext}"));
+            let _ = std::fs::rename(
+                &from,
+                dir.join(format!("scalewise.sqlite.corrupt-{secs}{ext}")),
+            );
+        }
+        Ok((Db::open(dir)?, Some(aside)))
+    }
+
+    /// Reads the whole schema and the first pages: a file whose header is intact but whose
+    /// pages are not fails here rather than at the first flush.
+    fn check(&self) -> Result<(), StoreError> {
+        let ok: String = self.wrap(
+            self.conn
+                .query_row("PRAGMA quick_check(1)", [], |r| r.get(0)),
+        )?;
+        if ok == "ok" {
+            Ok(())
+        } else {
+            Err(StoreError::Sqlite {
+                path: self.path.clone(),
+                source: rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
+                    Some(ok),
+                ),
+            })
+        }
     }
 
     /// Opens a new store when the file was removed (or replaced) under the running collector:
