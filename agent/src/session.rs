@@ -136,6 +136,10 @@ pub struct Session {
     rounds: (u64, [f64; 3]),
 }
 
+/// Connections a discovery at the configured interval is allowed; see
+/// [`Session::discovery_every`].
+pub const CONNS_PER_DISCOVERY: usize = 2000;
+
 fn note(notes: &mut Vec<String>, text: String) {
     if !notes.contains(&text) {
         notes.push(text);
@@ -264,15 +268,28 @@ impl Session {
         *self.errors.entry((sampler, kind)).or_default() += 1;
     }
 
+    /// The discovery interval, stretched with the service's connections: a discovery walks the
+    /// kernel's whole socket table and the service's fd table, a cost that grows with
+    /// connections, so beyond [`CONNS_PER_DISCOVERY`] it comes proportionally less often (up to
+    /// five times the configured interval), holding its cost per second about level. New
+    /// connections are then found up to that much later; connections that churn still switch
+    /// every round to a full dump.
+    fn discovery_every(&self) -> Duration {
+        let conns = self.sockets.as_ref().map_or(0, |s| s.connections());
+        let stretch = (conns / CONNS_PER_DISCOVERY).clamp(1, 5) as u32;
+        self.cfg.discovery_interval * stretch
+    }
+
     /// One sampling round at time `now`.
     pub fn step(&mut self, now: Instant) {
         let dt = self
             .last_step
             .map_or(0.0, |t| now.saturating_duration_since(t).as_secs_f64());
         self.last_step = Some(now);
-        let discovery_due = self.last_discovery.map_or(true, |t| {
-            now.saturating_duration_since(t) >= self.cfg.discovery_interval
-        });
+        let every = self.discovery_every();
+        let discovery_due = self
+            .last_discovery
+            .map_or(true, |t| now.saturating_duration_since(t) >= every);
         if discovery_due {
             self.last_discovery = Some(now);
             self.discover(now);
@@ -498,7 +515,10 @@ impl Session {
                 self.inode_owner.insert(inode, (t.pid, fd));
             }
         }
-        if let Some(s) = self.sockets.as_mut() {
+        // Only an agent that scrapes the service has connections to it; its fd table holds a
+        // file per watched thread, too many to read for nothing at every discovery.
+        let scrapes = self.cfg.gc.metrics_url.is_some() || self.cfg.gc.expvar_url.is_some();
+        if let Some(s) = self.sockets.as_mut().filter(|_| scrapes) {
             s.agent_inodes = own_socket_inodes();
         }
         self.discoveries += 1;
@@ -666,6 +686,10 @@ impl Session {
 
     /// The budget so far, with a final read of the slow counters.
     pub fn finish(&mut self, now: Instant) -> Budget {
+        // The last round is a discovery, with a full dump: every connection is visited, so the
+        // requests counted on connections that sampling skipped lately (idle ones, looked up
+        // with probability p; all of them between stretched discoveries) are counted to the end.
+        self.last_discovery = None;
         self.step(now);
         self.read_counters(now, true);
         let mut b = self.budget.clone();

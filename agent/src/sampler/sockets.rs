@@ -238,6 +238,8 @@ impl Fill {
 }
 
 struct Conn {
+    /// A fixed hash of the connection's addresses: its sampling coin's seed.
+    id: u64,
     inbound: bool,
     sock: TcpSocket,
     info: TcpInfo,
@@ -272,13 +274,22 @@ pub struct Round {
     pub full_dump: bool,
 }
 
-/// A number in [0, 1) from a connection and a round: a fresh, reproducible coin per round.
-fn unit_hash(key: &(SocketAddr, SocketAddr), round: u64) -> f64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    key.hash(&mut h);
-    round.hash(&mut h);
-    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+/// A number in [0, 1) from a connection's fixed id and a round: a fresh, reproducible coin per
+/// round (splitmix64's finaliser: a few instructions, visited for every known connection).
+fn unit_hash(id: u64, round: u64) -> f64 {
+    let mut z = id ^ round.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
+}
+
+type Key = (SocketAddr, SocketAddr);
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
+
+fn conn_id(key: &Key) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::with_seed(0x5ca1_ab1e).hash_one(key)
 }
 
 /// Finds the service's connections with a full dump (a walk of the kernel's whole TCP hash table,
@@ -290,7 +301,7 @@ pub struct SocketSampler {
     known: Vec<TcpSocket>,
     found: Vec<Option<TcpSocket>>,
     pub listen_ports: HashSet<u16>,
-    conns: HashMap<(SocketAddr, SocketAddr), Conn>,
+    conns: FastMap<Key, Conn>,
     round: u64,
     /// Inbound connections that closed since the last full dump, and how many there were then.
     closed_inbound: usize,
@@ -306,7 +317,7 @@ pub struct SocketSampler {
     /// Idle connections looked up per round at most; the rest are sampled (see
     /// [`SocketSampler::choose_lookups`]).
     pub idle_lookups: usize,
-    weights: HashMap<(SocketAddr, SocketAddr), f64>,
+    weights: FastMap<Key, f64>,
     /// Inbound and outbound connections skipped in this round.
     skipped: (usize, usize),
     /// Idle connections and the probability each was looked up with, in the last round.
@@ -328,7 +339,7 @@ impl SocketSampler {
             known: Vec::new(),
             found: Vec::new(),
             listen_ports: HashSet::new(),
-            conns: HashMap::new(),
+            conns: FastMap::default(),
             round: 0,
             closed_inbound: 0,
             inbound_at_dump: 0,
@@ -337,13 +348,18 @@ impl SocketSampler {
             fill_inbound: Fill::default(),
             fill_outbound: Fill::default(),
             idle_lookups: 256,
-            weights: HashMap::new(),
+            weights: FastMap::default(),
             skipped: (0, 0),
             idle_sampled: (0, 1.0),
             open_at_dump: HashSet::new(),
             agent_inodes: HashSet::new(),
             agent_addrs: HashSet::new(),
         })
+    }
+
+    /// Connections known (both directions).
+    pub fn connections(&self) -> usize {
+        self.conns.len()
     }
 
     /// Chooses the connections to look up this round. Every connection whose last state was
@@ -372,7 +388,7 @@ impl SocketSampler {
         for (key, c) in self.conns.iter_mut() {
             let is_idle = c.decision.resolved() && c.decision.value == 0.0;
             if is_idle && p < 1.0 {
-                if unit_hash(key, next) >= p {
+                if unit_hash(c.id, next) >= p {
                     c.round = next; // skipped this round, still open
                     if c.inbound {
                         self.skipped.0 += 1;
@@ -455,6 +471,7 @@ impl SocketSampler {
                 self.weights.get(&key).copied().unwrap_or(1.0)
             };
             let known_conn = self.conns.get(&key).filter(|c| c.inbound == inbound);
+            let id = known_conn.map_or_else(|| conn_id(&key), |c| c.id);
             let prev = known_conn.map(|c| (&c.info, c.decision));
             let mut shape = known_conn.map(|c| c.shape).unwrap_or_default();
             let (asked, answered) = if inbound {
@@ -509,6 +526,7 @@ impl SocketSampler {
             self.conns.insert(
                 key,
                 Conn {
+                    id,
                     inbound,
                     sock: s.clone(),
                     info,
