@@ -259,6 +259,8 @@ fn main() {
     let run_mode = std::env::var("OVERHEAD_MODE").as_deref() == Ok("run");
     let exports = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let interval_ms = std::env::var("OVERHEAD_INTERVAL_MS").unwrap_or_else(|_| "200".into());
+    let max_lookups = std::env::var("OVERHEAD_MAX_LOOKUPS")
+        .unwrap_or_else(|_| scalewise_agent::sampler::sockets::DEFAULT_MAX_LOOKUPS.to_string());
     let mut cmd = Command::new(&agent);
     if run_mode {
         let sink_port = sink(exports.clone());
@@ -272,6 +274,8 @@ fn main() {
             "10",
             "--sample-interval-ms",
             &interval_ms,
+            "--max-lookups",
+            &max_lookups,
             "--log",
             "warn",
         ]);
@@ -287,6 +291,8 @@ fn main() {
             "--quiet",
             "--sample-interval-ms",
             &interval_ms,
+            "--max-lookups",
+            &max_lookups,
         ]);
     }
     let start = Instant::now();
@@ -334,4 +340,8 @@ fn main() {
         d["requests"]["rate_per_s"],
         d["requests"]["mean_in_flight"]
     );
+    if std::env::var_os("OVERHEAD_VERBOSE").is_some() {
+        println!("requests: {}", d["requests"]);
+        println!("evidence: {}", d["evidence"]);
+    }
 }

@@ -6,7 +6,11 @@
 //! (a socket dump and, only when ties need it, a thread-state sample); slower work (new threads,
 //! the fd table, schedstat, cgroup files, GC sources) runs at the discovery interval.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
+
+// foldhash: the per-round maps of thread samples and fds are probed thousands of times a round at
+// 10,000 connections (SipHash was a tenth of the agent there).
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -17,7 +21,7 @@ use crate::cgroup::{host_cores, CpuLimits};
 use crate::deps::{DependencyNames, DependencySpec};
 use crate::gc::{GcOptions, GcSemantics, GcSource};
 use crate::procfs::{is_epoll_link, parse_epoll_fdinfo, parse_socket_link, parse_stat};
-use crate::sampler::sockets::{Reader, SocketSampler, ThreadOracle};
+use crate::sampler::sockets::{Reader, SocketSampler, ThreadOracle, Visit};
 use crate::sampler::threads::{read_pollfds, Blocked, ThreadTable};
 
 #[derive(Debug, Error)]
@@ -43,6 +47,9 @@ pub struct SessionConfig {
     pub sys_root: PathBuf,
     /// Socket rounds: in-flight requests and dependency waits.
     pub sample_interval: Duration,
+    /// Connections looked up per socket round at most, beyond those not known idle (see
+    /// [`crate::sampler::sockets::SocketSampler::max_lookups`]).
+    pub max_lookups: usize,
     /// New threads, fd table, schedstat, cgroup capacity, GC sources.
     pub discovery_interval: Duration,
     /// Thread-state sampling when no socket tie asked for it (lock-wait corroboration).
@@ -58,6 +65,7 @@ impl SessionConfig {
             proc_root: PathBuf::from("/proc"),
             sys_root: PathBuf::from("/sys"),
             sample_interval: Duration::from_millis(200),
+            max_lookups: crate::sampler::sockets::DEFAULT_MAX_LOOKUPS,
             discovery_interval: Duration::from_secs(2),
             thread_state_interval: Duration::from_secs(2),
             dependencies: Vec::new(),
@@ -111,6 +119,11 @@ pub struct Session {
     /// The fd map being replaced during a scan (reused across targets and discoveries).
     fd_scratch: HashMap<i32, u64>,
     discoveries: u64,
+    /// The service's socket inodes (from its fd tables) at the last full dump: a discovery
+    /// whose fd scan finds none outside it has no new connection to find, and skips the dump.
+    inodes_at_dump: HashSet<u64>,
+    /// The next discovery visits every connection (the last round of a window).
+    visit_all: bool,
     /// Event-loop CPU and run-queue delay totals at the last read (ns).
     loop_totals: (u64, u64),
     threads_known: ThreadKnowledge,
@@ -128,8 +141,7 @@ pub struct Session {
     pub errors: ErrorCounts,
     pub progress: Progress,
     notes: Vec<String>,
-    /// Variance of `request_s` from sampling idle connections, and the last sampling rate.
-    in_flight_var: f64,
+    /// The last sampling rate of idle connections.
     idle_sampling: Option<(usize, f64)>,
     /// Rounds of the in-flight time sample: sums of `dt²`, `dt² x` and `dt² x²`, for its
     /// standard error (rounds taken as independent: they are far apart next to most requests).
@@ -212,7 +224,10 @@ impl Session {
             note(&mut notes, format!("{who} {}: {text}", list.join(", ")));
         }
         let sockets = match SocketSampler::new() {
-            Ok(s) => Some(s),
+            Ok(mut s) => {
+                s.max_lookups = cfg.max_lookups;
+                Some(s)
+            }
             Err(e) => {
                 note(
                     &mut notes,
@@ -237,6 +252,8 @@ impl Session {
             inode_owner: HashMap::new(),
             fd_scratch: HashMap::new(),
             discoveries: 0,
+            inodes_at_dump: HashSet::new(),
+            visit_all: false,
             loop_totals: (0, 0),
             threads_known: ThreadKnowledge::default(),
             last_step: None,
@@ -249,7 +266,6 @@ impl Session {
             errors: ErrorCounts::new(),
             progress: Progress::default(),
             notes,
-            in_flight_var: 0.0,
             idle_sampling: None,
             rounds: (0, [0.0; 3]),
         })
@@ -286,20 +302,25 @@ impl Session {
             .last_step
             .map_or(0.0, |t| now.saturating_duration_since(t).as_secs_f64());
         self.last_step = Some(now);
+        for t in self.targets.iter_mut() {
+            t.threads.new_round();
+        }
         let every = self.discovery_every();
         let discovery_due = self
             .last_discovery
             .map_or(true, |t| now.saturating_duration_since(t) >= every);
-        if discovery_due {
+        let visit = if discovery_due {
             self.last_discovery = Some(now);
-            self.discover(now);
-        }
+            self.discover(now)
+        } else {
+            Visit::Sampled
+        };
         self.budget.window_s += dt;
         self.budget.capacity_core_s += self.capacity_cores * dt;
-        self.socket_round(now, dt, discovery_due);
+        self.socket_round(now, dt, discovery_due, visit);
     }
 
-    fn socket_round(&mut self, now: Instant, dt: f64, discover: bool) {
+    fn socket_round(&mut self, now: Instant, dt: f64, discover: bool, visit: Visit) {
         let Some(mut sockets) = self.sockets.take() else {
             return;
         };
@@ -317,10 +338,14 @@ impl Session {
             interest: HashMap::new(),
             proc_root: &self.cfg.proc_root,
         };
-        let result = sockets.sample(&owned, &mut oracle, discover);
+        let result = sockets.sample(&owned, &mut oracle, discover, visit);
         // Lock-wait corroboration at its own pace, reusing a sample a tie already paid for.
+        // Due after its interval, or half of it in a discovery round, which has just read every
+        // thread's schedstat: the sample then reads only the syscall files of threads that ran.
         let states_due = self.last_thread_states.map_or(true, |t| {
-            now.saturating_duration_since(t) >= self.cfg.thread_state_interval
+            let since = now.saturating_duration_since(t);
+            since >= self.cfg.thread_state_interval
+                || (discover && since >= self.cfg.thread_state_interval / 2)
         });
         if states_due || oracle.sampled {
             if !oracle.sampled {
@@ -345,9 +370,10 @@ impl Session {
                     dt,
                     "socket round"
                 );
-                self.budget.request_s += round.in_flight * dt;
-                self.in_flight_var += round.in_flight_var * dt * dt;
-                let x = round.in_flight;
+                // Connections sampling skipped are counted over their whole gap at their next
+                // visit: request-seconds as they are.
+                self.budget.request_s += round.in_flight * dt + round.gap_s;
+                let x = round.in_flight + if dt > 0.0 { round.gap_s / dt } else { 0.0 };
                 self.rounds.0 += 1;
                 let sums = &mut self.rounds.1;
                 sums[0] += dt * dt;
@@ -386,7 +412,9 @@ impl Session {
                 }
                 self.budget.inbound_conn_s += round.inbound_conns as f64 * dt;
                 self.budget.send_queue_s += round.send_queue * dt;
-                for (endpoint, v) in round.awaiting {
+                let gaps = round.gap_awaiting.into_iter().map(|(e, s)| (e, s, 1.0));
+                let rounds = round.awaiting.into_iter().map(|(e, v)| (e, v, dt));
+                for (endpoint, v, dt) in rounds.chain(gaps) {
                     let (kind, name) = self.names.resolve(endpoint);
                     self.budget
                         .downstream
@@ -437,8 +465,16 @@ impl Session {
         Some(now.saturating_sub(before) as f64)
     }
 
-    fn discover(&mut self, now: Instant) {
+    /// The slow work: process liveness, threads, fd tables, counters. Returns what this
+    /// discovery's socket round visits. A full dump when the fd scan found a socket inode it had
+    /// not seen at the last dump (a new connection or listener), an fd table could not be read
+    /// (new connections are then unseen), or every tenth discovery (a socket created before a
+    /// dump and connected after it). A stable set of keep-alive connections thus costs exact
+    /// lookups only; the dump walks the kernel's whole TCP hash table (about 5 ms here, the
+    /// largest cost at 200 connections). The last round of a window visits every connection.
+    fn discover(&mut self, now: Instant) -> Visit {
         let mut errors: Vec<(&'static str, &'static str)> = Vec::new();
+        let periodic = self.discoveries % 10 == 0;
         self.inode_owner.clear();
         for t in self.targets.iter_mut() {
             if !t.alive {
@@ -449,11 +485,12 @@ impl Session {
             let stat = std::fs::read(dir.join("stat"))
                 .ok()
                 .and_then(|b| parse_stat(&b).ok());
-            match stat {
+            let threads = match stat {
                 Some(s) if s.starttime == t.starttime => {
                     let ticks = s.utime + s.stime;
                     t.base_ticks.get_or_insert(ticks);
                     t.ticks = ticks;
+                    s.num_threads as usize
                 }
                 _ => {
                     t.alive = false;
@@ -466,8 +503,10 @@ impl Session {
                     );
                     continue;
                 }
-            }
-            if !t.threads.refresh() {
+            };
+            // The task directory is listed only when the thread count moved (a thread exited
+            // and another started in between is found at the periodic full pass).
+            if (periodic || threads != t.threads.thread_count()) && !t.threads.refresh() {
                 t.alive = false;
                 continue;
             }
@@ -477,7 +516,7 @@ impl Session {
                 let open = self
                     .sockets
                     .as_ref()
-                    .filter(|_| self.discoveries % 10 != 0)
+                    .filter(|_| !periodic)
                     .map(|s| &s.open_at_dump);
                 let known = |inode: u64| open.is_some_and(|o| o.contains(&inode));
                 match scan_fds(
@@ -522,6 +561,21 @@ impl Session {
             s.agent_inodes = own_socket_inodes();
         }
         self.discoveries += 1;
+        let blind = self.targets.iter().any(|t| t.alive && t.fds_denied);
+        let new = self
+            .inode_owner
+            .keys()
+            .any(|i| !self.inodes_at_dump.contains(i));
+        let all = std::mem::take(&mut self.visit_all);
+        let visit = if periodic || blind || new {
+            self.inodes_at_dump.clear();
+            self.inodes_at_dump.extend(self.inode_owner.keys());
+            Visit::Dump
+        } else if all {
+            Visit::All
+        } else {
+            Visit::Sampled
+        };
         let owner = &self.inode_owner;
         self.threads_known
             .readers
@@ -530,6 +584,7 @@ impl Session {
             self.count(e.0, e.1);
         }
         self.read_counters(now, false);
+        visit
     }
 
     /// Schedstat, process CPU, cgroup throttling and GC: cumulative counters turned into budget
@@ -686,10 +741,11 @@ impl Session {
 
     /// The budget so far, with a final read of the slow counters.
     pub fn finish(&mut self, now: Instant) -> Budget {
-        // The last round is a discovery, with a full dump: every connection is visited, so the
-        // requests counted on connections that sampling skipped lately (idle ones, looked up
-        // with probability p; all of them between stretched discoveries) are counted to the end.
+        // The last round is a discovery that visits every connection (by lookups, or a full dump
+        // when the fd scan found new sockets), so the requests on connections that sampling
+        // skipped lately (idle ones, looked up with probability p) are counted to the end.
         self.last_discovery = None;
+        self.visit_all = true;
         self.step(now);
         self.read_counters(now, true);
         let mut b = self.budget.clone();
@@ -713,15 +769,10 @@ impl Session {
             note(&mut self.notes, text);
         }
         if let Some((idle, p)) = self.idle_sampling {
-            let sd = if b.window_s > 0.0 {
-                self.in_flight_var.sqrt() / b.window_s
-            } else {
-                0.0
-            };
             note(
                 &mut self.notes,
                 format!(
-                    "{idle} idle connections: about 1 in {:.0} looked up per round, each standing for the rest (unbiased estimate; in flight ±{sd:.2} at one standard error); request counts stay exact",
+                    "{idle} idle connections: about 1 in {:.0} looked up per round; each is counted over the rounds it was skipped at its next visit, from its exact exchange count and the kernel's timestamps (request counts stay exact)",
                     (1.0 / p).round()
                 ),
             );
@@ -739,7 +790,9 @@ impl Session {
             return None;
         }
         let mean = request_s / window_s;
-        let var = (s2 - 2.0 * mean * s1 + mean * mean * s0).max(0.0) + self.in_flight_var;
+        // The spread between rounds holds the sampling of idle connections too (each round
+        // draws its own sample), so their Horvitz-Thompson variance is not added again.
+        let var = (s2 - 2.0 * mean * s1 + mean * mean * s0).max(0.0);
         let se = var.sqrt() / window_s;
         (se > 0.03 * mean).then(|| {
             format!(
@@ -809,9 +862,9 @@ impl Session {
 /// forgetting them.
 /// The agent's own sockets (its scrapes of the service's metrics endpoints, its exports): the
 /// service's end of such a connection is the agent's traffic, not a client's request.
-fn own_socket_inodes() -> HashSet<u64> {
+fn own_socket_inodes() -> std::collections::HashSet<u64> {
     let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
-        return HashSet::new();
+        return std::collections::HashSet::new();
     };
     dir.flatten()
         .filter_map(|e| std::fs::read_link(e.path()).ok())
@@ -1083,7 +1136,7 @@ mod tests {
         link(&dir, 6, "/var/log/app.log");
         let (mut fds, mut epolls, mut scratch) = (HashMap::new(), Vec::new(), HashMap::new());
         scan_fds(&dir, &mut fds, &mut epolls, &mut scratch, &|_| false).expect("test fixture");
-        assert_eq!(fds, HashMap::from([(3, 100), (4, 200)]));
+        assert_eq!(fds, HashMap::from_iter([(3, 100), (4, 200)]));
         assert_eq!(epolls, vec![5]);
 
         // Both fd numbers now hold new sockets; only 100 was open at the last dump (so fd 3 is
@@ -1093,14 +1146,14 @@ mod tests {
         std::fs::remove_file(dir.join("fd").join("6")).expect("test fixture");
         let open = |inode: u64| inode == 100;
         scan_fds(&dir, &mut fds, &mut epolls, &mut scratch, &open).expect("test fixture");
-        assert_eq!(fds, HashMap::from([(3, 100), (4, 400)]));
+        assert_eq!(fds, HashMap::from_iter([(3, 100), (4, 400)]));
         // The full read.
         scan_fds(&dir, &mut fds, &mut epolls, &mut scratch, &|_| false).expect("test fixture");
-        assert_eq!(fds, HashMap::from([(3, 300), (4, 400)]));
+        assert_eq!(fds, HashMap::from_iter([(3, 300), (4, 400)]));
         // A closed fd disappears whatever its socket.
         std::fs::remove_file(dir.join("fd").join("3")).expect("test fixture");
         scan_fds(&dir, &mut fds, &mut epolls, &mut scratch, &|_| true).expect("test fixture");
-        assert_eq!(fds, HashMap::from([(4, 400)]));
+        assert_eq!(fds, HashMap::from_iter([(4, 400)]));
         std::fs::remove_dir_all(&dir).expect("test fixture");
     }
 }

@@ -62,6 +62,14 @@ pub trait ThreadOracle {
     fn reader(&mut self, inode: u64, inbound: bool) -> Reader;
 }
 
+/// Asks nothing: every socket's reader is unknown.
+struct NoThreads;
+impl ThreadOracle for NoThreads {
+    fn reader(&mut self, _: u64, _: bool) -> Reader {
+        Reader::Unknown
+    }
+}
+
 /// How a decision was reached; the budget keeps some of these apart (queued, send queue) and the
 /// evidence counts the unresolved ones.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -178,11 +186,17 @@ pub fn decide(
     // has moved on for a second is an idle keep-alive (the agent's own scrape of the service's
     // metrics, a load balancer's spare connection), not a request: requests that outlast a
     // second on a connection with no learnt shape are far rarer than idle connections.
-    if info.last_data_sent_ms >= 1000 && info.last_data_recv_ms >= 1000 {
+    if is_quiet(info) {
         return is(0.0, How::Quiet);
     }
     is(0.0, How::Unresolved)
 }
+
+/// Nothing sent or received for a second.
+fn is_quiet(info: &TcpInfo) -> bool {
+    info.last_data_sent_ms >= QUIET_MS && info.last_data_recv_ms >= QUIET_MS
+}
+const QUIET_MS: u32 = 1000;
 
 /// What is known for sure, for the shape learner, from a decision: only what the kernel says
 /// outright (unread request bytes, a first request) and a thread seen blocked reading the socket.
@@ -237,9 +251,66 @@ impl Fill {
     }
 }
 
+/// Request-seconds on a connection over a gap of rounds that sampling skipped, from what its
+/// `tcp_info` says now and said at the last visit (`old`), with `d` the decision now. The gap's
+/// exchanges are exact (data segment counters: requests inbound, our requests outbound); the
+/// last one's duration is the kernel's timestamps: from the last request segment to the last
+/// segment of its answer (tick resolution, so a sub-tick exchange reads 0 or one tick, right on
+/// average). Idle now: the gap held `k` exchanges of about that duration. Busy now: the current
+/// one's elapsed time plus `k − 1` earlier ones at the mean duration `mean` (ms, learnt here from
+/// idle connections). Unresolved: `k` at the mean. Either way, every exchange of the gap is
+/// counted once, instead of a sampled instant standing for connections not looked at.
+fn gap_busy(
+    inbound: bool,
+    old: &TcpInfo,
+    new: &TcpInfo,
+    d: &Decision,
+    mean: &mut (f64, f64),
+) -> f64 {
+    let (was, now) = if inbound {
+        (old.data_segs_in, new.data_segs_in)
+    } else {
+        (old.data_segs_out, new.data_segs_out)
+    };
+    let k = f64::from(now.saturating_sub(was));
+    let (asked_ms, answered_ms) = if inbound {
+        (new.last_data_recv_ms, new.last_data_sent_ms)
+    } else {
+        (new.last_data_sent_ms, new.last_data_recv_ms)
+    };
+    let mean_ms = if mean.1 > 0.0 { mean.0 / mean.1 } else { 0.0 };
+    let ms = if !d.resolved() {
+        k * mean_ms
+    } else if d.value >= 0.5 {
+        f64::from(asked_ms) + (k - 1.0).max(0.0) * mean_ms
+    } else if k > 0.0 {
+        let last = f64::from(asked_ms.saturating_sub(answered_ms));
+        if mean.1 >= 1e6 {
+            *mean = (mean.0 / 2.0, mean.1 / 2.0);
+        }
+        mean.0 += last;
+        mean.1 += 1.0;
+        k * last
+    } else {
+        0.0
+    };
+    ms / 1000.0
+}
+
+/// Whether a connection's last state was a known idle one (sampled, not visited every round).
+fn is_idle(c: &Conn) -> bool {
+    c.decision.resolved() && c.decision.value == 0.0
+}
+
+/// The sampling stratum of a known-idle connection: 0, it exchanged something within the last
+/// second (a busy keep-alive connection between requests); 1, quiet for longer (a spare
+/// connection). The two differ by orders of magnitude in how likely they are to be busy at the
+/// next round, so each gets its own share of the lookups.
+fn stratum(c: &Conn) -> usize {
+    usize::from(is_quiet(&c.info))
+}
+
 struct Conn {
-    /// A fixed hash of the connection's addresses: its sampling coin's seed.
-    id: u64,
     inbound: bool,
     sock: TcpSocket,
     info: TcpInfo,
@@ -266,16 +337,19 @@ pub struct Round {
     pub send_queue: f64,
     /// Inbound requests decided by the learnt exchange shape.
     pub by_shape: u64,
-    /// Variance of `in_flight` from sampling idle connections (Horvitz-Thompson).
-    pub in_flight_var: f64,
+    /// Request-seconds of connections that sampling had skipped, over their whole gap (added to
+    /// the budget as they are, not weighted by the round's interval).
+    pub gap_s: f64,
+    /// The same for outbound connections, per dependency endpoint.
+    pub gap_awaiting: HashMap<SocketAddr, f64>,
     pub inbound_conns: usize,
     pub outbound_conns: usize,
     /// Whether this round walked the whole socket table.
     pub full_dump: bool,
 }
 
-/// A number in [0, 1) from a connection's fixed id and a round: a fresh, reproducible coin per
-/// round (splitmix64's finaliser: a few instructions, visited for every known connection).
+/// A number in [0, 1) from a seed and a round: a fresh, reproducible coin per round
+/// (splitmix64's finaliser).
 fn unit_hash(id: u64, round: u64) -> f64 {
     let mut z = id ^ round.wrapping_mul(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -286,10 +360,43 @@ fn unit_hash(id: u64, round: u64) -> f64 {
 
 type Key = (SocketAddr, SocketAddr);
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
+type FastIndexSet<K> = indexmap::IndexSet<K, foldhash::fast::FixedState>;
 
-fn conn_id(key: &Key) -> u64 {
-    use std::hash::BuildHasher;
-    foldhash::fast::FixedState::with_seed(0x5ca1_ab1e).hash_one(key)
+/// Lookups per round by default: about 0.1% of a core at five rounds a second (a lookup costs
+/// about 3 us, most of it the kernel's netlink reply), whatever the number of connections. It
+/// holds the agent to half a percent of a core at 200 busy connections; more buys precision.
+pub const DEFAULT_MAX_LOOKUPS: usize = 64;
+/// Idle connections looked up per round at least, however many are busy.
+pub const MIN_IDLE_LOOKUPS: usize = 32;
+
+/// Splits `budget` lookups between the two idle strata of `sizes` connections in proportion to
+/// size times the standard deviation of the busy indicator, estimated from `seen` ((visits,
+/// busy) per stratum, with half a busy visit as prior). Each stratum gets at least an eighth of
+/// the budget (all of it when smaller): a stratum's rate can change, and the floor keeps
+/// learning it. What one stratum cannot use goes to the other.
+fn neyman(budget: usize, sizes: [usize; 2], seen: [(f64, f64); 2]) -> [usize; 2] {
+    let floor = (budget / 8).max(1);
+    let sd = |h: usize| {
+        let q = (seen[h].1 + 0.5) / (seen[h].0 + 1.0);
+        (q * (1.0 - q)).sqrt()
+    };
+    let a = [sizes[0] as f64 * sd(0), sizes[1] as f64 * sd(1)];
+    let share = budget as f64 * a[0] / (a[0] + a[1]).max(f64::MIN_POSITIVE);
+    let within = |k: usize, n: usize| k.max(floor.min(n)).min(n);
+    let first = within(share.round() as usize, sizes[0]);
+    let second = within(budget.saturating_sub(first), sizes[1]);
+    [within(budget.saturating_sub(second), sizes[0]), second]
+}
+
+/// What a round visits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Visit {
+    /// Connections not known idle, and a sample of the idle ones.
+    Sampled,
+    /// Every known connection, by lookups (the last round of a window: counts exact to the end).
+    All,
+    /// A full dump: every TCP socket of the namespace (new connections, listeners).
+    Dump,
 }
 
 /// Finds the service's connections with a full dump (a walk of the kernel's whole TCP hash table,
@@ -302,6 +409,15 @@ pub struct SocketSampler {
     found: Vec<Option<TcpSocket>>,
     pub listen_ports: HashSet<u16>,
     conns: FastMap<Key, Conn>,
+    /// The keys of `conns`: known idle by [`stratum`], and the others; indexed, so a round picks
+    /// its sample of idle connections without visiting the others.
+    idle: [FastIndexSet<Key>; 2],
+    busy: FastIndexSet<Key>,
+    /// Inbound connections among `idle`.
+    idle_inbound: usize,
+    /// Per stratum: visits to connections that were idle at their previous visit, and how many
+    /// of those found them busy (decayed): how likely each stratum is to be busy.
+    strata: [(f64, f64); 2],
     round: u64,
     /// Inbound connections that closed since the last full dump, and how many there were then.
     closed_inbound: usize,
@@ -314,16 +430,18 @@ pub struct SocketSampler {
     pub foreign_listeners: bool,
     fill_inbound: Fill,
     fill_outbound: Fill,
-    /// Idle connections looked up per round at most; the rest are sampled (see
-    /// [`SocketSampler::choose_lookups`]).
-    pub idle_lookups: usize,
-    weights: FastMap<Key, f64>,
+    /// Lookups per round (connections not known idle are always looked up; idle ones share
+    /// what is left, at least [`MIN_IDLE_LOOKUPS`]); see [`SocketSampler::choose_lookups`].
+    pub max_lookups: usize,
+    /// Per direction (inbound, outbound): the sum and count of exchange durations seen (ms),
+    /// for exchanges a gap hides (see [`gap_busy`]).
+    exchange_ms: [(f64, f64); 2],
     /// Inbound and outbound connections skipped in this round.
     skipped: (usize, usize),
     /// Idle connections and the probability each was looked up with, in the last round.
     pub idle_sampled: (usize, f64),
-    /// Inodes of the service's sockets open at the last full dump: an fd still mapped to one
-    /// needs no new readlink (see `session::scan_fds`).
+    /// Inodes of the service's sockets open at the last full dump and not seen closed since:
+    /// an fd still mapped to one needs no new readlink (see `session::scan_fds`).
     pub open_at_dump: HashSet<u64>,
     /// The agent's own socket inodes, and the local addresses they had at the last full dump:
     /// an inbound connection from one of those is the agent scraping the service, left out.
@@ -340,6 +458,10 @@ impl SocketSampler {
             found: Vec::new(),
             listen_ports: HashSet::new(),
             conns: FastMap::default(),
+            idle: Default::default(),
+            busy: FastIndexSet::default(),
+            idle_inbound: 0,
+            strata: [(0.0, 0.0); 2],
             round: 0,
             closed_inbound: 0,
             inbound_at_dump: 0,
@@ -347,8 +469,8 @@ impl SocketSampler {
             foreign_listeners: false,
             fill_inbound: Fill::default(),
             fill_outbound: Fill::default(),
-            idle_lookups: 256,
-            weights: FastMap::default(),
+            max_lookups: DEFAULT_MAX_LOOKUPS,
+            exchange_ms: [(0.0, 0.0); 2],
             skipped: (0, 0),
             idle_sampled: (0, 1.0),
             open_at_dump: HashSet::new(),
@@ -364,54 +486,115 @@ impl SocketSampler {
 
     /// Chooses the connections to look up this round. Every connection whose last state was
     /// not a known idle one is looked up; known-idle ones (keep-alive connections waiting for
-    /// their next request, idle pool connections) are looked up with probability
-    /// `p = idle_lookups / idle`, and each one looked up stands for `1/p` of them: the estimate of
-    /// requests in flight stays unbiased (Horvitz-Thompson), its variance is reported, and the
-    /// cost follows activity rather than the number of connections. Request counts stay exact:
-    /// they come from cumulative segment counters, read whenever a connection is visited.
-    fn choose_lookups(&mut self) {
-        let next = self.round + 1;
-        let idle = self
-            .conns
-            .values()
-            .filter(|c| c.decision.resolved() && c.decision.value == 0.0)
-            .count();
-        let p = if idle > self.idle_lookups {
-            self.idle_lookups as f64 / idle as f64
-        } else {
-            1.0
-        };
-        self.idle_sampled = (idle, p);
+    /// their next request, idle pool connections) share the rest of the round's lookups. Each
+    /// stratum (see [`stratum`]) gets a share in proportion to its size times the standard
+    /// deviation of its busy indicator (Neyman allocation), so the cost follows a budget rather
+    /// than the number of connections. A connection skipped for rounds is counted over the whole
+    /// gap at its next visit (see [`gap_busy`]): request counts stay exact (cumulative segment
+    /// counters) and request time is the gap's exchanges times their duration (all connections
+    /// are visited at the end of a window).
+    ///
+    /// The sample is systematic: every `1/p_h`-th connection of the stratum from a random start,
+    /// so each is taken with probability `p_h` exactly and the round costs what it looks up, not
+    /// a walk of every known connection.
+    fn choose_lookups(&mut self, all: bool) {
         self.known.clear();
-        self.weights.clear();
-        self.skipped = (0, 0);
-        for (key, c) in self.conns.iter_mut() {
-            let is_idle = c.decision.resolved() && c.decision.value == 0.0;
-            if is_idle && p < 1.0 {
-                if unit_hash(c.id, next) >= p {
-                    c.round = next; // skipped this round, still open
-                    if c.inbound {
-                        self.skipped.0 += 1;
-                    } else {
-                        self.skipped.1 += 1;
-                    }
-                    continue;
-                }
-                self.weights.insert(*key, 1.0 / p);
+        let conns = &self.conns;
+        let sock = |key: &Key| conns.get(key).map(|c| c.sock.clone());
+        self.known.extend(self.busy.iter().filter_map(sock));
+        let sizes = [self.idle[0].len(), self.idle[1].len()];
+        let idle = sizes[0] + sizes[1];
+        let budget = self
+            .max_lookups
+            .saturating_sub(self.busy.len())
+            .max(MIN_IDLE_LOOKUPS);
+        if all || idle <= budget {
+            for set in &self.idle {
+                self.known.extend(set.iter().filter_map(sock));
             }
-            self.known.push(c.sock.clone());
+            self.skipped = (0, 0);
+            self.idle_sampled = (idle, 1.0);
+            return;
+        }
+        let take = neyman(budget, sizes, self.strata);
+        let mut taken_inbound = 0;
+        for h in 0..2 {
+            let (n, k) = (sizes[h], take[h]);
+            if k == 0 {
+                continue;
+            }
+            let weight = n as f64 / k as f64;
+            let start = unit_hash(0x5eed + h as u64, self.round + 1) * weight;
+            for j in 0..k {
+                let at = ((start + j as f64 * weight) as usize).min(n - 1);
+                let Some(c) = self.idle[h].get_index(at).and_then(|key| conns.get(key)) else {
+                    continue;
+                };
+                taken_inbound += usize::from(c.inbound);
+                self.known.push(c.sock.clone());
+            }
+        }
+        let taken = take[0] + take[1];
+        self.idle_sampled = (idle, taken as f64 / idle as f64);
+        self.skipped = (
+            self.idle_inbound.saturating_sub(taken_inbound),
+            (idle - self.idle_inbound).saturating_sub(taken - taken_inbound),
+        );
+    }
+
+    /// Records a connection's new state, keeping the idle and busy indexes in step and
+    /// learning how often each idle stratum turns out busy.
+    fn put(&mut self, key: Key, conn: Conn) {
+        let idle = is_idle(&conn);
+        let (inbound, h) = (conn.inbound, stratum(&conn));
+        if let Some(old) = self.conns.insert(key, conn) {
+            if is_idle(&old) {
+                let was = stratum(&old);
+                self.idle[was].swap_remove(&key);
+                self.idle_inbound -= usize::from(old.inbound);
+                let seen = &mut self.strata[was];
+                if seen.0 >= 4096.0 {
+                    *seen = (seen.0 / 2.0, seen.1 / 2.0);
+                }
+                seen.0 += 1.0;
+                seen.1 += f64::from(u8::from(!idle));
+            } else {
+                self.busy.swap_remove(&key);
+            }
+        }
+        if idle {
+            self.idle[h].insert(key);
+            self.idle_inbound += usize::from(inbound);
+        } else {
+            self.busy.insert(key);
         }
     }
 
+    /// Forgets a closed connection. Returns whether it was inbound.
+    fn forget(&mut self, key: &Key) -> Option<bool> {
+        let c = self.conns.remove(key)?;
+        if is_idle(&c) {
+            self.idle[stratum(&c)].swap_remove(key);
+            self.idle_inbound -= usize::from(c.inbound);
+        } else {
+            self.busy.swap_remove(key);
+        }
+        // Its fd number may now hold a new socket: the next fd scan reads it again.
+        self.open_at_dump.remove(&c.sock.inode);
+        Some(c.inbound)
+    }
+
     /// One round. `owned(inode)` says whether a socket belongs to the service's processes;
-    /// `discover` asks for a full dump (new connections, listeners) whatever the churn.
+    /// `discover` marks a discovery (churn is re-decided over the interval); `visit` what to
+    /// look at (connections that churn and the first round always take a full dump).
     pub fn sample(
         &mut self,
         owned: &dyn Fn(u64) -> bool,
         oracle: &mut dyn ThreadOracle,
         discover: bool,
+        visit: Visit,
     ) -> Result<Round, SockDiagError> {
-        let full = discover || self.churn || self.round == 0;
+        let full = visit == Visit::Dump || self.churn || self.round == 0;
         if full {
             self.diag.dump(&mut self.socks)?;
             self.foreign_listeners = false;
@@ -430,7 +613,7 @@ impl SocketSampler {
                 }
             }
         } else {
-            self.choose_lookups();
+            self.choose_lookups(visit == Visit::All);
             self.diag.lookup(&self.known, &mut self.found)?;
             self.socks.clear();
             self.socks.extend(self.found.iter().flatten().cloned());
@@ -444,7 +627,8 @@ impl SocketSampler {
         let mut awaiting: HashMap<SocketAddr, f64> = HashMap::new();
         let mut unresolved_inbound = 0.0f64;
         let mut unresolved_outbound: HashMap<SocketAddr, f64> = HashMap::new();
-        for s in &self.socks {
+        let socks = std::mem::take(&mut self.socks);
+        for s in &socks {
             if s.state == TCP_LISTEN {
                 continue;
             }
@@ -464,14 +648,7 @@ impl SocketSampler {
                 continue;
             }
             let key = (s.local, s.remote);
-            // Idle connections looked up with probability p stand for 1/p of their kind.
-            let weight = if full {
-                1.0
-            } else {
-                self.weights.get(&key).copied().unwrap_or(1.0)
-            };
             let known_conn = self.conns.get(&key).filter(|c| c.inbound == inbound);
-            let id = known_conn.map_or_else(|| conn_id(&key), |c| c.id);
             let prev = known_conn.map(|c| (&c.info, c.decision));
             let mut shape = known_conn.map(|c| c.shape).unwrap_or_default();
             let (asked, answered) = if inbound {
@@ -480,33 +657,55 @@ impl SocketSampler {
                 (info.data_segs_out, info.data_segs_in)
             };
             shape.observe(asked, answered, Known::Nothing);
+            // A connection sampling skipped for a round or more is counted over the whole gap,
+            // from its exchanges since and their durations (see [`gap_busy`]); one looked up
+            // every round, by its state at this instant. A gap's count needs no thread states
+            // (a full thread sample per round for idle connections was a quarter of the cost
+            // at 10,000 connections).
+            let gapped = known_conn.filter(|c| c.round + 1 < self.round);
+            let mut nothing = NoThreads;
             let d = decide(
                 inbound,
                 s,
                 &info,
                 prev,
-                oracle,
+                if gapped.is_some() {
+                    &mut nothing
+                } else {
+                    &mut *oracle
+                },
                 shape.predict(asked, answered),
             );
             shape.observe(asked, answered, known(&d, inbound));
             let tie = last_data(&info) == LastData::Tie;
             tracing::trace!(inbound, how = ?d.how, value = d.value, asked, answered, "decision");
             out.samples += 1;
+            let gap = gapped.map(|c| {
+                let mean = &mut self.exchange_ms[usize::from(!inbound)];
+                gap_busy(inbound, &c.info, &info, &d, mean)
+            });
+            if let Some(c) = known_conn.filter(|_| gap.is_none()) {
+                // Learn exchange durations from connections looked up every round too.
+                let mean = &mut self.exchange_ms[usize::from(!inbound)];
+                gap_busy(inbound, &c.info, &info, &d, mean);
+            }
             if inbound {
                 self.fill_inbound.learn(&d, tie);
                 out.inbound_conns += 1;
-                match d.how {
-                    How::Unresolved => {
-                        unresolved_inbound += weight;
+                match (d.how, gap) {
+                    (_, Some(busy_s)) => out.gap_s += busy_s,
+                    (How::Unresolved, None) => {
+                        unresolved_inbound += 1.0;
                         out.unresolved += 1;
                     }
-                    How::Queued => out.queued.push((s.inode, d.value * weight)),
-                    How::SendQueue => out.send_queue += d.value * weight,
-                    How::Shape => out.by_shape += 1,
+                    (How::Queued, None) => out.queued.push((s.inode, d.value)),
+                    (How::SendQueue, None) => out.send_queue += d.value,
+                    (How::Shape, None) => out.by_shape += 1,
                     _ => {}
                 }
-                out.in_flight += d.value * weight;
-                out.in_flight_var += (weight - 1.0) * weight * d.value * d.value;
+                if gap.is_none() {
+                    out.in_flight += d.value;
+                }
                 out.new_requests += match self.conns.get(&key) {
                     Some(c) => info.data_segs_in.saturating_sub(c.info.data_segs_in) as f64,
                     // A connection first seen after the first round was opened inside the window.
@@ -516,17 +715,18 @@ impl SocketSampler {
             } else {
                 self.fill_outbound.learn(&d, tie);
                 out.outbound_conns += 1;
-                if d.resolved() {
-                    *awaiting.entry(s.remote).or_default() += d.value * weight;
+                if let Some(busy_s) = gap {
+                    *out.gap_awaiting.entry(s.remote).or_default() += busy_s;
+                } else if d.resolved() {
+                    *awaiting.entry(s.remote).or_default() += d.value;
                 } else {
-                    *unresolved_outbound.entry(s.remote).or_default() += weight;
+                    *unresolved_outbound.entry(s.remote).or_default() += 1.0;
                     out.unresolved += 1;
                 }
             }
-            self.conns.insert(
+            self.put(
                 key,
                 Conn {
-                    id,
                     inbound,
                     sock: s.clone(),
                     info,
@@ -536,6 +736,7 @@ impl SocketSampler {
                 },
             );
         }
+        self.socks = socks;
         // Unresolved samples take the in-flight rate of this service's resolved ones.
         out.in_flight += unresolved_inbound * self.fill_inbound.estimate().unwrap_or(0.0);
         let outbound_rate = self.fill_outbound.estimate().unwrap_or(0.0);
@@ -547,23 +748,34 @@ impl SocketSampler {
             out.inbound_conns += self.skipped.0;
             out.outbound_conns += self.skipped.1;
         }
+        // Connections not refreshed this round are closed: among all after a dump, among those
+        // looked up otherwise (the skipped ones are still open).
         let round = self.round;
-        let mut closed = 0;
-        self.conns.retain(|_, c| {
-            let keep = c.round == round;
-            if !keep && c.inbound {
-                closed += 1;
+        let stale: Vec<Key> = if full {
+            self.conns
+                .iter()
+                .filter(|(_, c)| c.round != round)
+                .map(|(k, _)| *k)
+                .collect()
+        } else {
+            self.known
+                .iter()
+                .map(|s| (s.local, s.remote))
+                .filter(|k| self.conns.get(k).is_some_and(|c| c.round != round))
+                .collect()
+        };
+        for key in stale {
+            if self.forget(&key) == Some(true) {
+                self.closed_inbound += 1;
             }
-            keep
-        });
-        self.closed_inbound += closed;
+        }
         // Switch to dumps as soon as connections are seen to vanish between rounds; the
         // discovery interval re-decides from what it saw over the whole interval.
         let basis = self.inbound_at_dump.max(out.inbound_conns);
         if !self.churn && self.closed_inbound > 2 && self.closed_inbound * 4 >= basis {
             self.churn = true;
         }
-        if full && discover {
+        if discover {
             // Churn: at least a quarter of the inbound connections (and more than a couple)
             // closed within one discovery interval.
             self.churn = self.closed_inbound > 2
@@ -611,6 +823,119 @@ mod tests {
             data_segs_out: 3,
             ..TcpInfo::default()
         }
+    }
+
+    #[test]
+    fn a_gap_counts_its_exchanges_at_their_duration() {
+        let mut mean = (0.0, 0.0);
+        let idle = Decision {
+            value: 0.0,
+            how: How::Ordered,
+        };
+        let at = |segs: u32, recv: u32, sent: u32| TcpInfo {
+            data_segs_in: segs,
+            data_segs_out: segs,
+            last_data_recv_ms: recv,
+            last_data_sent_ms: sent,
+            ..TcpInfo::default()
+        };
+        // Five requests since the last visit, the last one answered 8 ms after it arrived.
+        let s = gap_busy(true, &at(10, 900, 900), &at(15, 30, 22), &idle, &mut mean);
+        assert!((s - 0.040).abs() < 1e-9, "{s}");
+        assert_eq!(mean, (8.0, 1.0));
+        // Busy now for 12 ms, after two earlier requests of the mean's 8 ms.
+        let busy = Decision {
+            value: 1.0,
+            how: How::Ordered,
+        };
+        let s = gap_busy(true, &at(15, 30, 22), &at(18, 12, 40), &busy, &mut mean);
+        assert!((s - 0.028).abs() < 1e-9, "{s}");
+        // Nothing happened: nothing counted.
+        let s = gap_busy(true, &at(18, 12, 40), &at(18, 300, 300), &idle, &mut mean);
+        assert_eq!(s, 0.0);
+        // Outbound: our request went out 20 ms ago, its answer came 5 ms ago.
+        let s = gap_busy(
+            false,
+            &at(1, 900, 900),
+            &at(2, 5, 20),
+            &idle,
+            &mut (0.0, 0.0),
+        );
+        assert!((s - 0.015).abs() < 1e-9, "{s}");
+    }
+
+    #[test]
+    fn neyman_gives_lookups_where_the_busy_connections_are() {
+        // Nothing learnt yet: in proportion to size.
+        assert_eq!(neyman(100, [100, 900], [(0.0, 0.0); 2]), [12, 88]);
+        // Recently active connections are busy at 5% of visits, quiet ones at 0.05%: the 300
+        // active get far more than their 3% of the budget.
+        let take = neyman(100, [300, 9_700], [(1000.0, 50.0), (1000.0, 0.5)]);
+        assert!((15..=20).contains(&take[0]), "{take:?}");
+        assert_eq!(take[0] + take[1], 100);
+        // The quiet stratum keeps its floor however rarely it is busy.
+        let take = neyman(96, [5_000, 5_000], [(4000.0, 400.0), (4000.0, 0.0)]);
+        assert_eq!(take[1], 12, "{take:?}");
+        // A stratum smaller than its share takes all of itself; the rest goes to the other.
+        assert_eq!(neyman(100, [5, 1_000], [(10.0, 5.0), (10.0, 0.0)]), [5, 95]);
+        assert_eq!(neyman(100, [1_000, 5], [(10.0, 5.0), (10.0, 0.0)]), [95, 5]);
+    }
+
+    #[test]
+    fn idle_connections_are_sampled_at_their_stratum_rate_and_all_at_the_end() {
+        let mut sampler = SocketSampler::new().expect("a NETLINK_SOCK_DIAG socket");
+        sampler.max_lookups = 64;
+        let idle = Decision {
+            value: 0.0,
+            how: How::Quiet,
+        };
+        // 40 busy connections, 200 recently active idle ones and 2,000 quiet ones.
+        for i in 0..2_240u32 {
+            let mut s = sock(0);
+            s.local = SocketAddr::new([127, 0, 0, 1].into(), 10_000 + (i % 50_000) as u16);
+            s.remote = SocketAddr::new([127, 0, 1, (i / 200) as u8].into(), 80);
+            let ago = if i < 240 { 10 } else { 5_000 };
+            let conn = Conn {
+                inbound: true,
+                sock: s.clone(),
+                info: info(ago, ago, 1),
+                decision: if i < 40 { known_state(1.0) } else { idle },
+                round: 0,
+                shape: Shape::default(),
+            };
+            sampler.put((s.local, s.remote), conn);
+        }
+        assert_eq!(sampler.busy.len(), 40);
+        assert_eq!([sampler.idle[0].len(), sampler.idle[1].len()], [200, 2_000]);
+        let mut visits: HashMap<Key, u32> = HashMap::new();
+        let rounds: u64 = 2_000;
+        let take = neyman(MIN_IDLE_LOOKUPS, [200, 2_000], sampler.strata);
+        for r in 0..rounds {
+            sampler.round = r;
+            sampler.choose_lookups(false);
+            assert_eq!(sampler.known.len(), 40 + take[0] + take[1]);
+            assert_eq!(sampler.skipped.0 + sampler.known.len(), 2_240);
+            for s in &sampler.known {
+                *visits.entry((s.local, s.remote)).or_default() += 1;
+            }
+        }
+        // Every connection is looked up at its stratum's rate (systematic sampling from a random
+        // start: exactly p each, so no connection is never seen).
+        for (key, n) in &visits {
+            let c = &sampler.conns[key];
+            let rate = f64::from(*n) / rounds as f64;
+            let want = if is_idle(c) {
+                let h = stratum(c);
+                take[h] as f64 / [200.0, 2_000.0][h]
+            } else {
+                1.0
+            };
+            assert!((rate - want).abs() < 0.05, "{rate} against {want}");
+        }
+        assert_eq!(visits.len(), 2_240, "some connection never looked up");
+        let all = sampler.conns.len();
+        sampler.choose_lookups(true);
+        assert_eq!(sampler.known.len(), all);
     }
 
     fn known_state(value: f64) -> Decision {

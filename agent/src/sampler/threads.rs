@@ -173,6 +173,9 @@ pub struct ThreadTable {
     /// `syscall` needs ptrace access (CAP_SYS_PTRACE or same uid without Yama restrictions).
     pub syscall_denied: bool,
     pub errors: ThreadErrors,
+    /// Every thread's schedstat was read in this round (by [`Self::read_schedstat`]): a state
+    /// sample in the same round takes it from there instead of reading it again.
+    fresh: bool,
 }
 
 fn read_at0(f: &File, buf: &mut Vec<u8>) -> std::io::Result<usize> {
@@ -191,7 +194,13 @@ impl ThreadTable {
             still: Vec::new(),
             syscall_denied: false,
             errors: ThreadErrors::default(),
+            fresh: false,
         }
+    }
+
+    /// A new sampling round: readings taken before it are no longer fresh.
+    pub fn new_round(&mut self) {
+        self.fresh = false;
     }
 
     /// Picks up new threads. Returns false when the process is gone.
@@ -325,6 +334,7 @@ impl ThreadTable {
             }
         }
         totals.live_threads = self.threads.len();
+        self.fresh = true;
         totals
     }
 
@@ -352,14 +362,18 @@ impl ThreadTable {
                     Err(_) => continue,
                 }
             }
-            // schedstat is a third of the price of syscall: read it first, and skip the syscall
-            // read for a thread that has not been on a CPU since its last sample.
-            let ran_ns = t
-                .schedstat
-                .as_ref()
-                .and_then(|f| read_at0(f, &mut self.buf).ok())
-                .and_then(|n| parse_schedstat(&self.buf[..n]).ok())
-                .map(|s| s.on_cpu_ns);
+            // schedstat is a third of the price of syscall: read it first (or take this round's
+            // reading), and skip the syscall read for a thread that has not been on a CPU since
+            // its last sample.
+            let ran_ns = if self.fresh && t.schedstat.is_some() {
+                Some(t.last.on_cpu_ns)
+            } else {
+                t.schedstat
+                    .as_ref()
+                    .and_then(|f| read_at0(f, &mut self.buf).ok())
+                    .and_then(|n| parse_schedstat(&self.buf[..n]).ok())
+                    .map(|s| s.on_cpu_ns)
+            };
             if let (Some(ns), Some((at, state))) = (ran_ns, t.state) {
                 if ns == at && state.is_some() {
                     self.still.push(*tid);
