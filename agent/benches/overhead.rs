@@ -9,6 +9,8 @@
 //! `OVERHEAD_IDLE_MS`, default 10000; default: all active). With many connections the service
 //! serves them from `OVERHEAD_THREADS` threads polling their sockets, as event loops do, so the
 //! thread count stays what it says.
+//! `OVERHEAD_MAX_LOOKUPS` (the agent's `--max-lookups`), `OVERHEAD_VERBOSE` (also print the
+//! agent's request figures and evidence).
 //! `OVERHEAD_MODE` (`diagnose`, or `run`: the long-running agent exporting every 10 s to a
 //! minimal OTLP/HTTP sink in this process, stopped by SIGTERM after the window, last export
 //! included).
