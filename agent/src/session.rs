@@ -302,9 +302,6 @@ impl Session {
             .last_step
             .map_or(0.0, |t| now.saturating_duration_since(t).as_secs_f64());
         self.last_step = Some(now);
-        for t in self.targets.iter_mut() {
-            t.threads.new_round();
-        }
         let every = self.discovery_every();
         let discovery_due = self
             .last_discovery
@@ -337,6 +334,7 @@ impl Session {
             fds: Vec::new(),
             interest: HashMap::new(),
             proc_root: &self.cfg.proc_root,
+            schedstat_fresh: discover,
         };
         let result = sockets.sample(&owned, &mut oracle, discover, visit);
         // Lock-wait corroboration at its own pace, reusing a sample a tie already paid for.
@@ -952,6 +950,8 @@ struct Oracle<'a> {
     /// or `None` when it has none or they cannot be read.
     interest: HashMap<u32, Option<Interest>>,
     proc_root: &'a Path,
+    /// This round's discovery has just read every thread's schedstat.
+    schedstat_fresh: bool,
 }
 
 impl Oracle<'_> {
@@ -973,7 +973,8 @@ impl Oracle<'_> {
         // Sticky: an event loop that happens to be running at one sample is still an event loop,
         // and its idle connections still have no thread reading them.
         for t in self.targets.iter_mut().filter(|t| t.alive) {
-            t.threads.sample_states(&mut self.scratch);
+            t.threads
+                .sample_states(&mut self.scratch, self.schedstat_fresh);
             if t.threads.syscall_denied {
                 continue;
             }

@@ -34,6 +34,17 @@ const CLIENT_TOLERANCE: f64 = 0.10;
 /// Load runs this long before the agent starts sampling.
 const SETTLE_S: f64 = 2.0;
 
+/// The load generator's flags for measuring over the agent's window: after the settling time, for
+/// `window_s`.
+fn measure_window(window_s: f64) -> [String; 4] {
+    [
+        "--measure-after-s".to_string(),
+        SETTLE_S.to_string(),
+        "--measure-for-s".to_string(),
+        window_s.to_string(),
+    ]
+}
+
 fn run(s: Scenario) -> (serde_json::Value, TruthShares) {
     // Mean in flight is a time sample (5 rounds a second). Where clients think between requests
     // each connection alternates busy and idle, and 8 s of rounds leave a standard error of about
@@ -43,12 +54,7 @@ fn run(s: Scenario) -> (serde_json::Value, TruthShares) {
     } else {
         WINDOW_S
     };
-    let window = [
-        "--measure-after-s".to_string(),
-        SETTLE_S.to_string(),
-        "--measure-for-s".to_string(),
-        window_s.to_string(),
-    ];
+    let window = measure_window(window_s);
     let mut load_flags: Vec<&str> = window.iter().map(String::as_str).collect();
     load_flags.extend(s.load_flags);
     let load = Load::start_with(
@@ -784,12 +790,7 @@ fn sampled_keepalive_connections_beside_busy_ones() {
     ])
     .expect("service");
     let window_s = 2.0 * WINDOW_S;
-    let window = [
-        "--measure-after-s".to_string(),
-        SETTLE_S.to_string(),
-        "--measure-for-s".to_string(),
-        window_s.to_string(),
-    ];
+    let window = measure_window(window_s);
     let flags: Vec<&str> = window.iter().map(String::as_str).collect();
     let total_s = SETTLE_S + window_s + 1.5;
     let idle = Load::start_with(svc.port, 1500, total_s, 2000.0, &flags).expect("idle load");

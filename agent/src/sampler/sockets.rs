@@ -251,48 +251,60 @@ impl Fill {
     }
 }
 
+/// Requests since the last visit (`old`): inbound, the peer's; outbound, ours (data segment
+/// counters, exact).
+fn exchanges(inbound: bool, old: &TcpInfo, new: &TcpInfo) -> u32 {
+    if inbound {
+        new.data_segs_in.saturating_sub(old.data_segs_in)
+    } else {
+        new.data_segs_out.saturating_sub(old.data_segs_out)
+    }
+}
+
+/// The last request's age and its answer's age (ms): inbound, what the peer sent and what we
+/// sent back; outbound, the reverse.
+fn ask_and_answer_ms(inbound: bool, info: &TcpInfo) -> (u32, u32) {
+    if inbound {
+        (info.last_data_recv_ms, info.last_data_sent_ms)
+    } else {
+        (info.last_data_sent_ms, info.last_data_recv_ms)
+    }
+}
+
+/// The duration of the last exchange (ms) when the connection is idle now with exchanges since
+/// the last visit: from the last request segment to the last segment of its answer, by the
+/// kernel's timestamps (tick resolution, so a sub-tick exchange reads 0 or one tick, right on
+/// average).
+fn last_exchange_ms(inbound: bool, old: &TcpInfo, new: &TcpInfo, d: &Decision) -> Option<f64> {
+    let idle = d.resolved() && d.value < 0.5;
+    (idle && exchanges(inbound, old, new) > 0).then(|| {
+        let (asked, answered) = ask_and_answer_ms(inbound, new);
+        f64::from(asked.saturating_sub(answered))
+    })
+}
+
 /// Request-seconds on a connection over a gap of rounds that sampling skipped, from what its
-/// `tcp_info` says now and said at the last visit (`old`), with `d` the decision now. The gap's
-/// exchanges are exact (data segment counters: requests inbound, our requests outbound); the
-/// last one's duration is the kernel's timestamps: from the last request segment to the last
-/// segment of its answer (tick resolution, so a sub-tick exchange reads 0 or one tick, right on
-/// average). Idle now: the gap held `k` exchanges of about that duration. Busy now: the current
-/// one's elapsed time plus `k − 1` earlier ones at the mean duration `mean` (ms, learnt here from
-/// idle connections). Unresolved: `k` at the mean. Either way, every exchange of the gap is
-/// counted once, instead of a sampled instant standing for connections not looked at.
+/// `tcp_info` says now and said at the last visit (`old`), with `d` the decision now and `last`
+/// the last exchange's duration ([`last_exchange_ms`]). The gap's exchanges are exact. Idle
+/// now: the gap held `k` exchanges of about the last one's duration. Busy now: the current
+/// one's elapsed time plus `k − 1` earlier ones at the mean duration `mean_ms` (learnt from idle
+/// connections). Unresolved: `k` at the mean. Either way, every exchange of the gap is counted
+/// once, instead of a sampled instant standing for connections not looked at.
 fn gap_busy(
     inbound: bool,
     old: &TcpInfo,
     new: &TcpInfo,
     d: &Decision,
-    mean: &mut (f64, f64),
+    mean_ms: f64,
+    last: Option<f64>,
 ) -> f64 {
-    let (was, now) = if inbound {
-        (old.data_segs_in, new.data_segs_in)
-    } else {
-        (old.data_segs_out, new.data_segs_out)
-    };
-    let k = f64::from(now.saturating_sub(was));
-    let (asked_ms, answered_ms) = if inbound {
-        (new.last_data_recv_ms, new.last_data_sent_ms)
-    } else {
-        (new.last_data_sent_ms, new.last_data_recv_ms)
-    };
-    let mean_ms = if mean.1 > 0.0 { mean.0 / mean.1 } else { 0.0 };
+    let k = f64::from(exchanges(inbound, old, new));
     let ms = if !d.resolved() {
         k * mean_ms
     } else if d.value >= 0.5 {
-        f64::from(asked_ms) + (k - 1.0).max(0.0) * mean_ms
-    } else if k > 0.0 {
-        let last = f64::from(asked_ms.saturating_sub(answered_ms));
-        if mean.1 >= 1e6 {
-            *mean = (mean.0 / 2.0, mean.1 / 2.0);
-        }
-        mean.0 += last;
-        mean.1 += 1.0;
-        k * last
+        f64::from(ask_and_answer_ms(inbound, new).0) + (k - 1.0).max(0.0) * mean_ms
     } else {
-        0.0
+        k * last.unwrap_or(0.0)
     };
     ms / 1000.0
 }
@@ -350,8 +362,8 @@ pub struct Round {
 
 /// A number in [0, 1) from a seed and a round: a fresh, reproducible coin per round
 /// (splitmix64's finaliser).
-fn unit_hash(id: u64, round: u64) -> f64 {
-    let mut z = id ^ round.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+fn unit_hash(seed: u64, round: u64) -> f64 {
+    let mut z = seed ^ round.wrapping_mul(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^= z >> 31;
@@ -523,10 +535,10 @@ impl SocketSampler {
             if k == 0 {
                 continue;
             }
-            let weight = n as f64 / k as f64;
-            let start = unit_hash(0x5eed + h as u64, self.round + 1) * weight;
+            let step = n as f64 / k as f64;
+            let start = unit_hash(0x5eed + h as u64, self.round + 1) * step;
             for j in 0..k {
-                let at = ((start + j as f64 * weight) as usize).min(n - 1);
+                let at = ((start + j as f64 * step) as usize).min(n - 1);
                 let Some(c) = self.idle[h].get_index(at).and_then(|key| conns.get(key)) else {
                     continue;
                 };
@@ -680,15 +692,18 @@ impl SocketSampler {
             let tie = last_data(&info) == LastData::Tie;
             tracing::trace!(inbound, how = ?d.how, value = d.value, asked, answered, "decision");
             out.samples += 1;
-            let gap = gapped.map(|c| {
-                let mean = &mut self.exchange_ms[usize::from(!inbound)];
-                gap_busy(inbound, &c.info, &info, &d, mean)
-            });
-            if let Some(c) = known_conn.filter(|_| gap.is_none()) {
-                // Learn exchange durations from connections looked up every round too.
-                let mean = &mut self.exchange_ms[usize::from(!inbound)];
-                gap_busy(inbound, &c.info, &info, &d, mean);
+            // Exchange durations are learnt from every visit that sees one (the mean stands in
+            // for those a gap hides), before the gap is counted.
+            let mean = &mut self.exchange_ms[usize::from(!inbound)];
+            let last = known_conn.and_then(|c| last_exchange_ms(inbound, &c.info, &info, &d));
+            if let Some(ms) = last {
+                if mean.1 >= 1e6 {
+                    *mean = (mean.0 / 2.0, mean.1 / 2.0);
+                }
+                *mean = (mean.0 + ms, mean.1 + 1.0);
             }
+            let mean_ms = if mean.1 > 0.0 { mean.0 / mean.1 } else { 0.0 };
+            let gap = gapped.map(|c| gap_busy(inbound, &c.info, &info, &d, mean_ms, last));
             if inbound {
                 self.fill_inbound.learn(&d, tie);
                 out.inbound_conns += 1;
@@ -827,7 +842,6 @@ mod tests {
 
     #[test]
     fn a_gap_counts_its_exchanges_at_their_duration() {
-        let mut mean = (0.0, 0.0);
         let idle = Decision {
             value: 0.0,
             how: How::Ordered,
@@ -840,27 +854,28 @@ mod tests {
             ..TcpInfo::default()
         };
         // Five requests since the last visit, the last one answered 8 ms after it arrived.
-        let s = gap_busy(true, &at(10, 900, 900), &at(15, 30, 22), &idle, &mut mean);
+        let (old, new) = (at(10, 900, 900), at(15, 30, 22));
+        let last = last_exchange_ms(true, &old, &new, &idle);
+        assert_eq!(last, Some(8.0));
+        let s = gap_busy(true, &old, &new, &idle, 0.0, last);
         assert!((s - 0.040).abs() < 1e-9, "{s}");
-        assert_eq!(mean, (8.0, 1.0));
         // Busy now for 12 ms, after two earlier requests of the mean's 8 ms.
         let busy = Decision {
             value: 1.0,
             how: How::Ordered,
         };
-        let s = gap_busy(true, &at(15, 30, 22), &at(18, 12, 40), &busy, &mut mean);
+        let (old, new) = (at(15, 30, 22), at(18, 12, 40));
+        assert_eq!(last_exchange_ms(true, &old, &new, &busy), None);
+        let s = gap_busy(true, &old, &new, &busy, 8.0, None);
         assert!((s - 0.028).abs() < 1e-9, "{s}");
-        // Nothing happened: nothing counted.
-        let s = gap_busy(true, &at(18, 12, 40), &at(18, 300, 300), &idle, &mut mean);
-        assert_eq!(s, 0.0);
+        // Nothing happened: nothing counted, nothing learnt.
+        let (old, new) = (at(18, 12, 40), at(18, 300, 300));
+        assert_eq!(last_exchange_ms(true, &old, &new, &idle), None);
+        assert_eq!(gap_busy(true, &old, &new, &idle, 8.0, None), 0.0);
         // Outbound: our request went out 20 ms ago, its answer came 5 ms ago.
-        let s = gap_busy(
-            false,
-            &at(1, 900, 900),
-            &at(2, 5, 20),
-            &idle,
-            &mut (0.0, 0.0),
-        );
+        let (old, new) = (at(1, 900, 900), at(2, 5, 20));
+        let last = last_exchange_ms(false, &old, &new, &idle);
+        let s = gap_busy(false, &old, &new, &idle, 0.0, last);
         assert!((s - 0.015).abs() < 1e-9, "{s}");
     }
 

@@ -173,9 +173,6 @@ pub struct ThreadTable {
     /// `syscall` needs ptrace access (CAP_SYS_PTRACE or same uid without Yama restrictions).
     pub syscall_denied: bool,
     pub errors: ThreadErrors,
-    /// Every thread's schedstat was read in this round (by [`Self::read_schedstat`]): a state
-    /// sample in the same round takes it from there instead of reading it again.
-    fresh: bool,
 }
 
 fn read_at0(f: &File, buf: &mut Vec<u8>) -> std::io::Result<usize> {
@@ -194,13 +191,7 @@ impl ThreadTable {
             still: Vec::new(),
             syscall_denied: false,
             errors: ThreadErrors::default(),
-            fresh: false,
         }
-    }
-
-    /// A new sampling round: readings taken before it are no longer fresh.
-    pub fn new_round(&mut self) {
-        self.fresh = false;
     }
 
     /// Picks up new threads. Returns false when the process is gone.
@@ -334,13 +325,13 @@ impl ThreadTable {
             }
         }
         totals.live_threads = self.threads.len();
-        self.fresh = true;
         totals
     }
 
     /// Samples what every application thread is blocked in. `out` gets (tid, state) with `None`
     /// for a thread on CPU or runnable. Does nothing once access has been denied.
-    pub fn sample_states(&mut self, out: &mut Vec<(u32, Option<Blocked>)>) {
+    /// `schedstat_fresh`: [`Self::read_schedstat`] has just read every thread (this round).
+    pub fn sample_states(&mut self, out: &mut Vec<(u32, Option<Blocked>)>, schedstat_fresh: bool) {
         out.clear();
         self.still.clear();
         if self.syscall_denied {
@@ -365,7 +356,7 @@ impl ThreadTable {
             // schedstat is a third of the price of syscall: read it first (or take this round's
             // reading), and skip the syscall read for a thread that has not been on a CPU since
             // its last sample.
-            let ran_ns = if self.fresh && t.schedstat.is_some() {
+            let ran_ns = if schedstat_fresh && t.schedstat.is_some() {
                 Some(t.last.on_cpu_ns)
             } else {
                 t.schedstat
@@ -504,7 +495,7 @@ mod tests {
         assert_eq!(after.app_cpu_ns, 3700);
         assert_eq!(after.live_threads, 3);
         let mut states = Vec::new();
-        t.sample_states(&mut states);
+        t.sample_states(&mut states, false);
         assert!(states.iter().all(|(_, s)| s.is_none()), "{states:?}");
         // The whole process goes away.
         std::fs::remove_dir_all(&root).expect("rm");
@@ -606,7 +597,7 @@ mod tests {
         let mut states = Vec::new();
         let mut seen = false;
         for _ in 0..200 {
-            table.sample_states(&mut states);
+            table.sample_states(&mut states, false);
             if table.syscall_denied {
                 break; // no ptrace access in this environment: nothing more to check
             }
