@@ -205,16 +205,15 @@ pub fn is_epoll_link(target: &[u8]) -> bool {
     target == b"anon_inode:[eventpoll]"
 }
 
-/// `PassiveOpens` from `/proc/PID/net/snmp` (the process's network namespace): connections
-/// accepted since boot, counted by the kernel whether or not anyone sampled them.
-pub fn parse_tcp_passive_opens(buf: &[u8]) -> Option<u64> {
+/// A `Tcp:` counter from `/proc/PID/net/snmp` (the process's network namespace), counted by the
+/// kernel whether or not anyone sampled: `PassiveOpens` (connections accepted since boot),
+/// `ActiveOpens` (connections initiated).
+pub fn parse_tcp_counter(buf: &[u8], name: &str) -> Option<u64> {
     let text = String::from_utf8_lossy(buf);
     let mut tcp = text.lines().filter(|l| l.starts_with("Tcp:"));
     let names = tcp.next()?;
     let values = tcp.next()?;
-    let i = names
-        .split_ascii_whitespace()
-        .position(|n| n == "PassiveOpens")?;
+    let i = names.split_ascii_whitespace().position(|n| n == name)?;
     values.split_ascii_whitespace().nth(i)?.parse().ok()
 }
 

@@ -114,15 +114,20 @@ fn socket_links() {
 }
 
 #[test]
-fn snmp_passive_opens() {
+fn snmp_tcp_counters() {
     let snmp = b"Ip: Forwarding DefaultTTL\nIp: 1 64\nTcp: RtoAlgorithm RtoMin RtoMax MaxConn ActiveOpens PassiveOpens AttemptFails\nTcp: 1 200 120000 -1 2406 1958 3\nUdp: InDatagrams\nUdp: 5\n";
-    assert_eq!(parse_tcp_passive_opens(snmp), Some(1958));
-    assert_eq!(parse_tcp_passive_opens(b"Tcp: PassiveOpens\n"), None);
+    assert_eq!(parse_tcp_counter(snmp, "PassiveOpens"), Some(1958));
+    assert_eq!(parse_tcp_counter(snmp, "ActiveOpens"), Some(2406));
+    assert_eq!(parse_tcp_counter(snmp, "Nope"), None);
     assert_eq!(
-        parse_tcp_passive_opens(b"Tcp: PassiveOpens\nTcp: x\n"),
+        parse_tcp_counter(b"Tcp: PassiveOpens\n", "PassiveOpens"),
         None
     );
-    assert_eq!(parse_tcp_passive_opens(b""), None);
+    assert_eq!(
+        parse_tcp_counter(b"Tcp: PassiveOpens\nTcp: x\n", "PassiveOpens"),
+        None
+    );
+    assert_eq!(parse_tcp_counter(b"", "PassiveOpens"), None);
 }
 
 proptest! {
@@ -133,7 +138,7 @@ proptest! {
         let _ = parse_syscall(&bytes);
         let _ = parse_status(&bytes);
         let _ = parse_socket_link(&bytes);
-        let _ = parse_tcp_passive_opens(&bytes);
+        let _ = parse_tcp_counter(&bytes, "PassiveOpens");
     }
 
     #[test]

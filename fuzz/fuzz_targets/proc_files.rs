@@ -9,7 +9,8 @@ fuzz_target!(|data: &[u8]| {
     let _ = parse_syscall(data);
     let _ = parse_status(data);
     let _ = parse_socket_link(data);
-    let _ = parse_tcp_passive_opens(data);
+    let _ = parse_tcp_counter(data, "PassiveOpens");
+    let _ = parse_tcp_counter(data, "ActiveOpens");
     let mut interest = Vec::new();
     parse_epoll_fdinfo(data, &mut interest);
     let _ = is_epoll_link(data);
