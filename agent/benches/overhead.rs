@@ -254,7 +254,17 @@ fn main() {
         .env("SW_BENCH_PORT", port.to_string())
         .spawn()
         .expect("spawn client");
-    std::thread::sleep(Duration::from_secs(2 + conns / 2000));
+    // Measure the service with all its connections open, not its ramp-up (10,000 connects take
+    // seconds, and a window that starts amid them pays for dumps the steady state never does).
+    let ready = Instant::now();
+    while std::fs::read_dir(format!("/proc/{}/fd", svc.id()))
+        .map(|d| (d.count() as u64) < conns)
+        .unwrap_or(false)
+        && ready.elapsed() < Duration::from_secs(120)
+    {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(2));
     let n_threads = std::fs::read_dir(format!("/proc/{}/task", svc.id()))
         .map(|d| d.count())
         .unwrap_or(0);
