@@ -73,15 +73,8 @@ enum Cmd {
         /// because it stops the world. Opt-in.
         #[arg(long, value_name = "URL")]
         expvar_url: Option<String>,
-        /// Socket sampling interval in milliseconds.
-        #[arg(long, default_value_t = 200, value_name = "MS")]
-        sample_interval_ms: u64,
-        /// Connections looked up per sampling round (about 3 us of CPU each). Connections with
-        /// a request outstanding are always looked up; idle ones share the rest, sampled
-        /// without bias. More buys a smaller sampling error on services with many connections
-        /// (the evidence states it); fewer costs less.
-        #[arg(long, default_value_t = scalewise_agent::sampler::sockets::DEFAULT_MAX_LOOKUPS, value_name = "N")]
-        max_lookups: usize,
+        #[command(flatten)]
+        sampling: SamplingArgs,
         /// Do not print progress on stderr.
         #[arg(long, short)]
         quiet: bool,
@@ -153,15 +146,8 @@ enum Cmd {
         /// Name a downstream endpoint: ADDR:PORT=NAME[:KIND], e.g. 10.0.0.5:5432=orders-db.
         #[arg(long = "dependency", value_name = "ADDR:PORT=NAME")]
         dependencies: Vec<DependencySpec>,
-        /// Socket sampling interval in milliseconds.
-        #[arg(long, default_value_t = 200, value_name = "MS")]
-        sample_interval_ms: u64,
-        /// Connections looked up per sampling round (about 3 us of CPU each). Connections with
-        /// a request outstanding are always looked up; idle ones share the rest, sampled
-        /// without bias. More buys a smaller sampling error on services with many connections
-        /// (the evidence states it); fewer costs less.
-        #[arg(long, default_value_t = scalewise_agent::sampler::sockets::DEFAULT_MAX_LOOKUPS, value_name = "N")]
-        max_lookups: usize,
+        #[command(flatten)]
+        sampling: SamplingArgs,
     },
     /// Start sample services (CPU-bound, slow downstream, lock-contended), load them, diagnose
     /// each and compare with the ground truth they record about themselves.
@@ -186,6 +172,32 @@ enum Cmd {
         #[arg(long, value_name = "SECONDS", requires = "system")]
         stop_after: Option<f64>,
     },
+}
+
+/// How densely a session samples: shared by `diagnose` and `run`.
+#[derive(clap::Args, Debug, Clone)]
+struct SamplingArgs {
+    /// Socket sampling interval in milliseconds.
+    #[arg(long = "sample-interval-ms", default_value_t = 200, value_name = "MS")]
+    sample_interval_ms: u64,
+    /// Connections looked up per sampling round (about 3 us of CPU each). Connections with
+    /// a request outstanding are always looked up; idle ones share the rest, sampled
+    /// without bias. More buys a smaller sampling error on services with many connections
+    /// (the evidence states it); fewer costs less.
+    #[arg(long = "max-lookups", default_value_t = scalewise_agent::sampler::sockets::DEFAULT_MAX_LOOKUPS, value_name = "N")]
+    max_lookups: usize,
+}
+
+impl SamplingArgs {
+    /// Checks the flags and sets them on a session's configuration.
+    fn apply(&self, cfg: &mut SessionConfig) -> anyhow::Result<()> {
+        if !(10..=10_000).contains(&self.sample_interval_ms) {
+            anyhow::bail!("--sample-interval-ms must be between 10 and 10000");
+        }
+        cfg.sample_interval = Duration::from_millis(self.sample_interval_ms);
+        cfg.max_lookups = self.max_lookups;
+        Ok(())
+    }
 }
 
 /// Spans: the exact source of request time, for services instrumented with OpenTelemetry.
@@ -255,8 +267,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             format,
             metrics_url,
             expvar_url,
-            sample_interval_ms,
-            max_lookups,
+            sampling,
             quiet,
             reports,
             projection,
@@ -268,12 +279,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 scalewise_agent::report::format_of(path)?;
                 scalewise_agent::report::options(&projection)?;
             }
-            if !(10..=10_000).contains(&sample_interval_ms) {
-                anyhow::bail!("--sample-interval-ms must be between 10 and 10000");
-            }
             let mut cfg = SessionConfig::new(pids);
-            cfg.sample_interval = Duration::from_millis(sample_interval_ms);
-            cfg.max_lookups = max_lookups;
+            sampling.apply(&mut cfg)?;
             cfg.dependencies = dependencies;
             cfg.gc = GcOptions {
                 metrics_url,
@@ -334,8 +341,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             metrics_listen,
             discovery_interval,
             dependencies,
-            sample_interval_ms,
-            max_lookups,
+            sampling,
         } => {
             use scalewise_agent::run::discovery::{DiscoveryConfig, Selector};
             if collector.is_none() && metrics_listen.is_none() {
@@ -357,9 +363,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let export_interval = interval("--export-interval", export_interval)?;
             let target_interval = interval("--discovery-interval", discovery_interval)?;
-            if !(10..=10_000).contains(&sample_interval_ms) {
-                anyhow::bail!("--sample-interval-ms must be between 10 and 10000");
-            }
+            let mut session = SessionConfig::new(Vec::new());
+            sampling.apply(&mut session)?;
             let selector = if !pids.is_empty() {
                 Selector::Pids(pids)
             } else if !processes.is_empty() {
@@ -374,9 +379,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 Selector::Listening
             };
-            let mut session = SessionConfig::new(Vec::new());
-            session.sample_interval = Duration::from_millis(sample_interval_ms);
-            session.max_lookups = max_lookups;
             session.dependencies = dependencies;
             let cfg = scalewise_agent::run::RunConfig {
                 discovery: DiscoveryConfig {
