@@ -9,6 +9,10 @@
 //! `OVERHEAD_IDLE_MS`, default 10000; default: all active). With many connections the service
 //! serves them from `OVERHEAD_THREADS` threads polling their sockets, as event loops do, so the
 //! thread count stays what it says.
+//! `OVERHEAD_SERVICE=jvm`: instead, the setup, one JVM (`benches/jvm/Pairs.java`,
+//! compiled with `javac` at start) holding both ends of `OVERHEAD_CONNS / 2` connections, a
+//! server thread per connection and the clients' threads in the same process, padded with idle
+//! threads to `OVERHEAD_THREADS`.
 //! `OVERHEAD_MAX_LOOKUPS` (the agent's `--max-lookups`), `OVERHEAD_VERBOSE` (also print the
 //! agent's request figures and evidence).
 //! `OVERHEAD_MODE` (`diagnose`, or `run`: the long-running agent exporting every 10 s to a
@@ -235,11 +239,37 @@ fn main() {
         "{} not found: run `cargo build --release -p scalewise-agent` first",
         agent.display()
     );
-    let mut svc = Command::new(&me)
-        .env("SW_BENCH_ROLE", "service")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn service");
+    // OVERHEAD_SERVICE=jvm: the setup, one JVM holding both ends of the connections.
+    let jvm = std::env::var("OVERHEAD_SERVICE").as_deref() == Ok("jvm");
+    let mut svc = if jvm {
+        let classes =
+            std::env::temp_dir().join(format!("scalewise-bench-jvm-{}", std::process::id()));
+        std::fs::create_dir_all(&classes).expect("class dir");
+        let src = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/jvm/Pairs.java");
+        let ok = Command::new("javac")
+            .args(["-d".as_ref(), classes.as_os_str(), src.as_ref()])
+            .status()
+            .expect("javac (apt install default-jdk-headless)");
+        assert!(ok.success(), "javac failed");
+        Command::new("java")
+            .args(["-Xms64m", "-Xmx64m", "-cp"])
+            .arg(&classes)
+            .args([
+                "Pairs".to_string(),
+                threads.to_string(),
+                (conns / 2).to_string(),
+                env_u("OVERHEAD_THINK_MS", 200).to_string(),
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn java")
+    } else {
+        Command::new(&me)
+            .env("SW_BENCH_ROLE", "service")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn service")
+    };
     let mut line = String::new();
     {
         use std::io::BufRead;
@@ -249,11 +279,13 @@ fn main() {
             .expect("port line");
     }
     let port: u16 = line.trim().parse().expect("port");
-    let mut cli = Command::new(&me)
-        .env("SW_BENCH_ROLE", "client")
-        .env("SW_BENCH_PORT", port.to_string())
-        .spawn()
-        .expect("spawn client");
+    let mut cli = (!jvm).then(|| {
+        Command::new(&me)
+            .env("SW_BENCH_ROLE", "client")
+            .env("SW_BENCH_PORT", port.to_string())
+            .spawn()
+            .expect("spawn client")
+    });
     // Measure the service with all its connections open, not its ramp-up (10,000 connects take
     // seconds, and a window that starts amid them pays for dumps the steady state never does).
     let ready = Instant::now();
@@ -324,9 +356,11 @@ fn main() {
     let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
     let wall = start.elapsed().as_secs_f64();
     let _ = svc.kill();
-    let _ = cli.kill();
     let _ = svc.wait();
-    let _ = cli.wait();
+    if let Some(cli) = cli.as_mut() {
+        let _ = cli.kill();
+        let _ = cli.wait();
+    }
     assert_eq!(r, pid, "wait4 failed");
     let cpu = ru.ru_utime.tv_sec as f64
         + ru.ru_utime.tv_usec as f64 / 1e6
