@@ -90,7 +90,7 @@ struct Target {
     /// Whether `/proc/PID/fd` was read at least once (so a refusal came mid-window).
     fds_read: bool,
     /// The fd table's mark (see [`fd_table_mark`]) when it was last listed.
-    fds_mark: Option<(u64, u64)>,
+    fds_mark: Option<FdMark>,
     gc: Option<Box<dyn GcSource>>,
     gc_last: Option<f64>,
     /// (window_s, request_s) when the GC reading last changed.
@@ -892,19 +892,35 @@ fn own_socket_inodes() -> std::collections::HashSet<u64> {
 }
 
 /// What can be learnt of an fd table without listing it: its number of open fds (the size
-/// `stat` gives `/proc/PID/fd` since Linux 6.2; `None` before) and the TCP connections opened
-/// in the process's network namespace (`ActiveOpens + PassiveOpens`). A new connection moves
-/// the second; a new epoll instance or a socket passed in moves the first, unless another fd
-/// closed in the same interval, which the periodic full pass catches.
-fn fd_table_mark(proc_pid: &Path) -> Option<(u64, u64)> {
-    let open = std::fs::metadata(proc_pid.join("fd")).ok()?.len();
-    if open == 0 {
+/// `stat` gives `/proc/PID/fd` since Linux 6.2; `None` before), its owner and the TCP
+/// connections opened in the process's network namespace (`ActiveOpens + PassiveOpens`). A new
+/// connection moves the last; a new epoll instance or a socket passed in moves the first, unless
+/// another fd closed in the same interval, which the periodic full pass catches. The owner moves
+/// when the process changes credentials or makes itself non-dumpable (its /proc files become
+/// root's): the table is listed again, and a refusal is said when it happens, not at the next
+/// new connection.
+fn fd_table_mark(proc_pid: &Path) -> Option<FdMark> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(proc_pid.join("fd")).ok()?;
+    if meta.len() == 0 {
         return None;
     }
     let snmp = std::fs::read(proc_pid.join("net/snmp")).ok()?;
     let opens = crate::procfs::parse_tcp_counter(&snmp, "ActiveOpens")?
         + crate::procfs::parse_tcp_counter(&snmp, "PassiveOpens")?;
-    Some((open, opens))
+    Some(FdMark {
+        open: meta.len(),
+        owner: (meta.uid(), meta.gid()),
+        tcp_opens: opens,
+    })
+}
+
+/// See [`fd_table_mark`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FdMark {
+    open: u64,
+    owner: (u32, u32),
+    tcp_opens: u64,
 }
 
 /// `readlinkat(dir, name)`: std has only the path-based `read_link`, whose walk from `/` to
@@ -1253,6 +1269,10 @@ mod tests {
             std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
         let after = fd_table_mark(me).expect("mark");
         // Opens only grow (tests running beside this one can only add to them).
-        assert!(after.1 >= before.1 + 2, "{before:?} -> {after:?}");
+        assert!(
+            after.tcp_opens >= before.tcp_opens + 2,
+            "{before:?} -> {after:?}"
+        );
+        assert_eq!(after.owner, before.owner);
     }
 }
