@@ -145,9 +145,10 @@ pub struct Session {
     notes: Vec<String>,
     /// The last sampling rate of idle connections.
     idle_sampling: Option<(usize, f64)>,
-    /// Rounds of the in-flight time sample: sums of `dt²`, `dt² x` and `dt² x²`, for its
-    /// standard error (rounds taken as independent: they are far apart next to most requests).
-    rounds: (u64, [f64; 3]),
+    /// Rounds of the in-flight time sample (`x`: the in flight of the connections looked up
+    /// round after round): sums of `dt²`, `dt² x`, `dt² x²`, `dt x` and `dt`, for its standard
+    /// error (rounds taken as independent: they are far apart next to most requests).
+    rounds: (u64, [f64; 5]),
 }
 
 /// Connections a discovery at the configured interval is allowed; see
@@ -270,7 +271,7 @@ impl Session {
             progress: Progress::default(),
             notes,
             idle_sampling: None,
-            rounds: (0, [0.0; 3]),
+            rounds: (0, [0.0; 5]),
         })
     }
 
@@ -374,12 +375,18 @@ impl Session {
                 // Connections sampling skipped are counted over their whole gap at their next
                 // visit: request-seconds as they are.
                 self.budget.request_s += round.in_flight * dt + round.gap_s;
-                let x = round.in_flight + if dt > 0.0 { round.gap_s / dt } else { 0.0 };
+                // Only the connections looked up round after round are a time sample; a gap's
+                // request time is counted (exact exchanges, each at a kernel-timestamped
+                // duration) and lands in lumps at the visits that end gaps, which are no spread
+                // of the mean (at 10,000 connections they made a right figure read ±67%).
+                let x = round.in_flight;
                 self.rounds.0 += 1;
                 let sums = &mut self.rounds.1;
                 sums[0] += dt * dt;
                 sums[1] += dt * dt * x;
                 sums[2] += dt * dt * x * x;
+                sums[3] += dt * x;
+                sums[4] += dt;
                 let (idle, p) = sockets.idle_sampled;
                 if p < 1.0 {
                     self.idle_sampling = Some((idle, p));
@@ -804,14 +811,14 @@ impl Session {
     /// said when it is more than 3% of the mean (a short window on a service whose connections
     /// alternate between busy and idle), so that nobody reads a sampling wobble as a change.
     fn sampling_error(&self, request_s: f64, window_s: f64) -> Option<String> {
-        let (n, [s0, s1, s2]) = self.rounds;
-        if n < 2 || window_s <= 0.0 || request_s <= 0.0 {
+        let (n, [s0, s1, s2, sx, sdt]) = self.rounds;
+        if n < 2 || window_s <= 0.0 || request_s <= 0.0 || sdt <= 0.0 {
             return None;
         }
         let mean = request_s / window_s;
-        // The spread between rounds holds the sampling of idle connections too (each round
-        // draws its own sample), so their Horvitz-Thompson variance is not added again.
-        let var = (s2 - 2.0 * mean * s1 + mean * mean * s0).max(0.0);
+        // The spread of the sampled part about its own mean; the counted gaps add none.
+        let m = sx / sdt;
+        let var = (s2 - 2.0 * m * s1 + m * m * s0).max(0.0);
         let se = var.sqrt() / window_s;
         (se > 0.03 * mean).then(|| {
             format!(
