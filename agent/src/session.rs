@@ -465,7 +465,10 @@ impl Session {
             return None;
         }
         let pid = self.targets.iter().find(|t| t.alive)?.pid;
-        let (_, now) = tcp_opens(&self.cfg.proc_root.join(pid.to_string()))?;
+        let path = self.cfg.proc_root.join(pid.to_string()).join("net/snmp");
+        let now = std::fs::read(path)
+            .ok()
+            .and_then(|b| crate::procfs::parse_tcp_counter(&b, "PassiveOpens"))?;
         let before = self.passive_opens.replace(now)?;
         Some(now.saturating_sub(before) as f64)
     }
@@ -519,14 +522,9 @@ impl Session {
                 continue;
             }
             // Listing 10,000 fds costs 30 ms (the kernel instantiates an entry per fd): it is
-            // skipped while the table's mark has not moved (same number of open fds, same owner,
-            // no TCP connection opened in the network namespace), except at the periodic full
-            // pass. A refused table is not looked at again.
-            let mark = if t.fds_denied {
-                None
-            } else {
-                fd_table_mark(&dir)
-            };
+            // skipped while the table's mark has not moved (same number of open fds, no TCP
+            // connection opened in the network namespace), except at the periodic full pass.
+            let mark = fd_table_mark(&dir).filter(|_| !t.fds_denied);
             let unchanged = !periodic && mark.is_some() && mark == t.fds_mark;
             if !t.fds_denied && !unchanged {
                 fds_changed = true;
@@ -914,21 +912,14 @@ fn fd_table_mark(proc_pid: &Path) -> Option<FdMark> {
     if meta.len() == 0 {
         return None;
     }
-    let (active, passive) = tcp_opens(proc_pid)?;
+    let snmp = std::fs::read(proc_pid.join("net/snmp")).ok()?;
+    let opens = crate::procfs::parse_tcp_counter(&snmp, "ActiveOpens")?
+        + crate::procfs::parse_tcp_counter(&snmp, "PassiveOpens")?;
     Some(FdMark {
         open: meta.len(),
         owner: (meta.uid(), meta.gid()),
-        tcp_opens: active + passive,
+        tcp_opens: opens,
     })
-}
-
-/// `ActiveOpens` and `PassiveOpens` of the process's network namespace (its `net/snmp`).
-fn tcp_opens(proc_pid: &Path) -> Option<(u64, u64)> {
-    let snmp = std::fs::read(proc_pid.join("net/snmp")).ok()?;
-    Some((
-        crate::procfs::parse_tcp_counter(&snmp, "ActiveOpens")?,
-        crate::procfs::parse_tcp_counter(&snmp, "PassiveOpens")?,
-    ))
 }
 
 /// See [`fd_table_mark`].
