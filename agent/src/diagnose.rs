@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use scalewise_collector::engine::{diagnose, Diagnosis, Thresholds};
+use scalewise_core::engine::{diagnose, Diagnosis, Thresholds};
 use serde::Serialize;
 
 use crate::session::{ErrorCounts, Session, SessionConfig, SessionError};

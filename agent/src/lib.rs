@@ -2,7 +2,7 @@
 //! request time goes.
 //!
 //! Data flow: samplers ([`sampler::threads`], [`sampler::sockets`], [`cgroup`], [`gc`]) feed a
-//! [`session::Session`], which keeps one cumulative [`scalewise_collector::Budget`] per service;
+//! [`session::Session`], which keeps one cumulative [`scalewise_core::Budget`] per service;
 //! [`diagnose`] runs a session for a while and hands the budget to the shared engine in
 //! `scalewise-collector`. Parsers of data the monitored process controls ([`procfs`],
 //! [`sockdiag`], [`gc`]) are pure functions over bytes, tested with hostile input and fuzzed.

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use scalewise_agent::deps::DependencySpec;
 use scalewise_agent::gc::GcOptions;
 use scalewise_agent::session::SessionConfig;
-use scalewise_collector::engine::Thresholds;
+use scalewise_core::engine::Thresholds;
 
 /// Where does a service's request time go, and what kind of scale is it limited by?
 ///

@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use scalewise_collector::engine::{Diagnosis, Verdict};
+use scalewise_core::engine::{Diagnosis, Verdict};
 
 fn headline(v: Verdict) -> &'static str {
     match v {
@@ -106,8 +106,8 @@ pub fn text(d: &Diagnosis) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use scalewise_collector::budget::{Budget, RequestSource};
-    use scalewise_collector::engine::{diagnose, Thresholds};
+    use scalewise_core::budget::{Budget, RequestSource};
+    use scalewise_core::engine::{diagnose, Thresholds};
 
     #[test]
     fn text_shows_verdict_bars_and_evidence() {
@@ -131,7 +131,7 @@ mod tests {
             "no runtime line when none was detected: {t}"
         );
         let mut d = d;
-        d.runtime = Some(scalewise_collector::engine::Runtime {
+        d.runtime = Some(scalewise_core::engine::Runtime {
             name: "go".into(),
             version: Some("go1.22.1".into()),
             evidence: "ELF .go.buildinfo section".into(),

@@ -1,14 +1,14 @@
 //! `scalewise-agent report` and `diagnose --report`: the rewrite report from a diagnosis, offline.
 //!
-//! The model and renderers live in `scalewise_collector::report` (pure, shared with the
+//! The model and renderers live in `scalewise_core::report` (pure, shared with the
 //! collector); this module reads the saved `diagnose --format json` document and the user's
 //! profile files, and writes the reports.
 
 use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
-use scalewise_collector::engine::Diagnosis;
-use scalewise_collector::report::{self, Format, Profiles, ReportError, ReportOptions, Workload};
+use scalewise_core::engine::Diagnosis;
+use scalewise_core::report::{self, Format, Profiles, ReportError, ReportOptions, Workload};
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 pub enum ReportFormat {
@@ -432,7 +432,7 @@ mod tests {
     fn profiles_dir_overrides_and_bad_profiles_are_refused() {
         let dir = std::env::temp_dir().join(format!("scalewise-profiles-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
-        let go = include_str!("../../collector/profiles/go.toml").replace(
+        let go = include_str!("../../core/profiles/go.toml").replace(
             "web = { low = 1.05, central = 1.5, high = 2.7 }",
             "web = { low = 3.0, central = 3.0, high = 3.0 }",
         );

@@ -9,7 +9,7 @@
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
-use scalewise_collector::engine::Runtime;
+use scalewise_core::engine::Runtime;
 
 /// Reads at most this much of `/proc/PID/maps` (a JVM maps thousands of regions).
 const MAPS_LIMIT: u64 = 4 << 20;

@@ -14,7 +14,7 @@ use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use scalewise_collector::{Budget, DependencyTime, RequestSource};
+use scalewise_core::{Budget, DependencyTime, RequestSource};
 use thiserror::Error;
 
 use crate::cgroup::{host_cores, CpuLimits};

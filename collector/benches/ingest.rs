@@ -10,10 +10,10 @@
 
 use std::time::Instant;
 
-use scalewise_collector::budget::{Budget, DependencyTime, RequestSource};
-use scalewise_collector::server::config::Config;
-use scalewise_collector::server::ingest::decode_body;
-use scalewise_collector::server::{otlp, App};
+use scalewise_collector::config::Config;
+use scalewise_collector::ingest::decode_body;
+use scalewise_collector::{otlp, App};
+use scalewise_core::budget::{Budget, DependencyTime, RequestSource};
 
 fn budget(secs: f64, k: usize) -> Budget {
     let mut b = Budget {
@@ -156,7 +156,7 @@ fn ingest_all(app: &App, bodies: &[Vec<u8>]) {
     for b in bodies {
         match decode_body(Some("application/x-protobuf"), None, b, &limits) {
             Ok((req, _)) => {
-                let resp = app.ingest(&req, "http", scalewise_collector::server::now_ms());
+                let resp = app.ingest(&req, "http", scalewise_collector::now_ms());
                 if let Some(p) = resp.partial_success {
                     eprintln!("bench: rejected {p:?}");
                     std::process::exit(1);
@@ -286,7 +286,7 @@ fn throughput() {
         }
     };
     let addr = listener.local_addr().ok();
-    let router = scalewise_collector::server::router(a.clone());
+    let router = scalewise_collector::router(a.clone());
     let server = std::thread::spawn(move || {
         rt.block_on(async move {
             let _ = axum::serve(listener, router).await;
@@ -332,11 +332,9 @@ fn memory() {
     }
     let _ = a.flush();
     // The once-a-minute maintenance: thin memory to the steady state.
-    let _ = a.maintain(scalewise_collector::server::now_ms());
+    let _ = a.maintain(scalewise_collector::now_ms());
     let window_started = Instant::now();
-    let services = a
-        .summaries(300_000, scalewise_collector::server::now_ms())
-        .len();
+    let services = a.summaries(300_000, scalewise_collector::now_ms()).len();
     let summaries_s = window_started.elapsed().as_secs_f64();
     let after = rss_bytes();
     println!(

@@ -1,19 +1,35 @@
-//! scalewise-collector: the diagnosis engine shared by the agent and the collector server.
+//! scalewise-collector: the server that receives agents' OTLP metrics and serves, per service,
+//! where request time goes and what limits it.
 //!
-//! [`budget`] holds the counters that travel (request-seconds per component), [`engine`] turns a
-//! window of them into a verdict. Both are pure so the agent's one-shot `diagnose` and the
-//! collector reach the same answer from the same numbers. [`wire`] is the agent → collector
-//! format; behind the `server` feature, [`server`] is the collector itself.
+//! ```text
+//!  POST /v1/metrics ─┐                 ┌─ memory (recent snapshots) ─┐
+//!  gRPC Export ──────┼─ ingest ─▶ App ─┤                             ├─ window ─▶ engine::diagnose
+//!                    │  (decode,       └─ sqlite (flushed, thinned) ─┘     ─▶ REST, /metrics, page
+//!                    │   bound, count)
+//! ```
+//!
+//! [`app::App`] holds the state; [`rest::router`] serves it over HTTP, [`grpc`] over OTLP/gRPC,
+//! [`app::serve`] runs both plus the flusher until shutdown. Pure parts ([`window`], [`limits`],
+//! [`ingest`]'s decoding, [`store::Memory`]) take data and time as parameters and are unit-tested.
+//! The engine, the wire format and the report are `scalewise-core`'s: the agent links them
+//! without this server.
 
-pub mod budget;
-pub mod decoded;
-pub mod engine;
-pub mod report;
-pub mod wire;
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod conn;
+pub mod grpc;
+pub mod ingest;
+pub mod limits;
+pub mod metrics;
+pub mod otlp;
+pub mod page;
+pub mod rest;
+pub mod sqlite;
+pub mod store;
+pub mod tls;
+pub mod window;
 
-/// The collector server (OTLP receiver, windows, store, REST, `/metrics`, web page).
-#[cfg(feature = "server")]
-pub mod server;
-
-pub use budget::{Budget, DependencyTime, RequestSource};
-pub use engine::{diagnose, Diagnosis, Thresholds, Verdict};
+pub use app::{now_ms, serve, App};
+pub use config::Config;
+pub use rest::router;

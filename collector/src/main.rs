@@ -1,13 +1,13 @@
 //! `scalewise-collector`: receives the agents' OTLP metrics and serves every service's verdict.
-//! Thin: flags and config, tracing, then [`scalewise_collector::server::serve`] until a signal.
+//! Thin: flags and config, tracing, then [`scalewise_collector::serve`] until a signal.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use scalewise_collector::server::config::{parse_duration, Config, Dur};
-use scalewise_collector::server::{serve, App};
+use scalewise_collector::config::{parse_duration, Config, Dur};
+use scalewise_collector::{serve, App};
 
 /// Receives scalewise agents' OTLP metrics and serves, per service, where request time goes and
 /// what limits it (REST, Prometheus /metrics, a web page).

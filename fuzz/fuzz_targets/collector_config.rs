@@ -10,7 +10,7 @@
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use scalewise_collector::server::config::{Config, Dur};
+use scalewise_collector::config::{Config, Dur};
 
 fn durations(c: &Config) -> Vec<Dur> {
     let mut d = vec![

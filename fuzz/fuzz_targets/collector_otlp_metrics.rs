@@ -19,14 +19,13 @@ use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use libfuzzer_sys::fuzz_target;
-use scalewise_collector::engine::{self, Thresholds};
-use scalewise_collector::server::ingest::{decode_body, reports};
-use scalewise_collector::server::limits::Limits;
-use scalewise_collector::server::store::Memory;
-use scalewise_collector::server::window::{instance_increase, service_window, to_budget};
-use scalewise_collector::server::{
-    page, History, HistoryPoint, InstanceView, ServiceSummary, ServiceView,
-};
+use scalewise_core::engine::{self, Thresholds};
+use scalewise_collector::ingest::{decode_body, reports};
+use scalewise_collector::limits::Limits;
+use scalewise_collector::store::Memory;
+use scalewise_collector::window::{instance_increase, service_window, to_budget};
+use scalewise_collector::app::{History, HistoryPoint, InstanceView, ServiceSummary, ServiceView};
+use scalewise_collector::page;
 
 /// Live bytes the Rust heap holds, and the most it held since the input began.
 static LIVE: AtomicUsize = AtomicUsize::new(0);

@@ -15,12 +15,12 @@
 use std::collections::HashMap;
 
 use libfuzzer_sys::fuzz_target;
-use scalewise_collector::engine::{self, Thresholds};
-use scalewise_collector::report::{self, Format, ReportOptions};
-use scalewise_collector::server::config::{parse_duration, window_param, MAX_WINDOW_MS};
-use scalewise_collector::server::limits::bound_label;
-use scalewise_collector::server::page;
-use scalewise_collector::Budget;
+use scalewise_core::engine::{self, Thresholds};
+use scalewise_core::report::{self, Format, ReportOptions};
+use scalewise_collector::config::{parse_duration, window_param, MAX_WINDOW_MS};
+use scalewise_collector::limits::bound_label;
+use scalewise_collector::page;
+use scalewise_core::Budget;
 
 const NOW_MS: i64 = 1_700_000_000_000;
 
@@ -117,7 +117,7 @@ fn diagnosis() -> engine::Diagnosis {
     };
     b.downstream.insert(
         "10.0.0.5:5432".into(),
-        scalewise_collector::DependencyTime {
+        scalewise_core::DependencyTime {
             kind: "postgresql".into(),
             name: None,
             awaiting_s: 30.0,

@@ -10,7 +10,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use scalewise_agent::report::{parse_input, render_one};
-use scalewise_collector::report::{Format, ReportOptions, Workload};
+use scalewise_core::report::{Format, ReportOptions, Workload};
 
 fn options() -> [ReportOptions; 2] {
     let large = ReportOptions {

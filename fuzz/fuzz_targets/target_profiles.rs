@@ -1,5 +1,5 @@
 //! The rewrite report's target profiles (`--profiles DIR`, TOML files of the shape shipped in
-//! `collector/profiles/`): one file's text through `Profile::parse` and
+//! `core/profiles/`): one file's text through `Profile::parse` and
 //! `Profiles::with_overrides` on top of the built-in ones, as `report::options` reads them; an
 //! accepted profile is then used as a rewrite target and as the current runtime of a fixed
 //! diagnosis, rendered in every format.
@@ -10,9 +10,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use scalewise_collector::engine::{self, Thresholds};
-use scalewise_collector::report::{self, Format, Profile, Profiles, ReportOptions, Workload};
-use scalewise_collector::Budget;
+use scalewise_core::engine::{self, Thresholds};
+use scalewise_core::report::{self, Format, Profile, Profiles, ReportOptions, Workload};
+use scalewise_core::Budget;
 
 fn diagnosis() -> engine::Diagnosis {
     let b = Budget {

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use prost::Message;
 
-use scalewise_collector::budget::Budget;
-use scalewise_collector::engine::{diagnose, Thresholds};
-use scalewise_collector::server::otlp;
+use scalewise_collector::otlp;
+use scalewise_core::budget::Budget;
+use scalewise_core::engine::{diagnose, Thresholds};
 use scalewise_e2e::collector::{
     collector_bin, gzip, now_ns, post, temp_dir, Collector, Instance, Profile,
 };
@@ -432,7 +432,7 @@ fn hostile_input_is_refused_or_counted_and_changes_no_other_answer() {
     for k in 0..10_000u32 {
         b.downstream.insert(
             format!("10.{}.{}.{}:80", k / 65536, (k / 256) % 256, k % 256),
-            scalewise_collector::budget::DependencyTime {
+            scalewise_core::budget::DependencyTime {
                 kind: "http".into(),
                 name: None,
                 awaiting_s: 0.0001,

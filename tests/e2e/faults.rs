@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use scalewise_collector::server::otlp;
+use scalewise_collector::otlp;
 use scalewise_e2e::collector::{collector_bin, now_ns, temp_dir, Collector, Instance, Profile};
 use scalewise_e2e::harness::{
     agent_bin, as_nobody, exclusive, free_port, root_with_only, stop, workload_bin, wrapped, NetNs,

@@ -11,8 +11,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use scalewise_collector::engine::{diagnose, Thresholds};
-use scalewise_collector::Budget;
+use scalewise_core::engine::{diagnose, Thresholds};
+use scalewise_core::Budget;
 use scalewise_e2e::harness::{agent_bin, exclusive, workload_bin, Load, NetNs, Service};
 use scalewise_e2e::receiver::{Receiver, Snapshot};
 

@@ -14,7 +14,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
 };
-use scalewise_collector::server::otlp;
+use scalewise_collector::otlp;
 use scalewise_e2e::collector::{collector_bin, get_with, now_ns, temp_dir, Collector, Profile};
 use scalewise_e2e::harness::{agent_bin, free_port, Service};
 

@@ -7,8 +7,8 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use scalewise_collector::budget::{Budget, DependencyTime, RequestSource};
-use scalewise_collector::server::otlp;
+use scalewise_collector::otlp;
+use scalewise_core::budget::{Budget, DependencyTime, RequestSource};
 
 use crate::harness::free_port;
 

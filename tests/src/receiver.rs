@@ -13,8 +13,8 @@ use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequ
 use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point, AggregationTemporality};
 use prost::Message;
-use scalewise_collector::wire;
-use scalewise_collector::Budget;
+use scalewise_core::wire;
+use scalewise_core::Budget;
 
 /// One data point as received.
 #[derive(Clone, Debug)]

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use scalewise_collector::engine::{Diagnosis, Thresholds};
+use scalewise_core::engine::{Diagnosis, Thresholds};
 use thiserror::Error;
 
 use crate::session::SessionConfig;

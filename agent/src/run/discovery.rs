@@ -174,7 +174,7 @@ fn percent_decode(s: &str) -> String {
 }
 
 fn bounded(s: &str) -> String {
-    scalewise_collector::wire::bounded(s)
+    scalewise_core::wire::bounded(s)
 }
 
 /// Reads at most [`ENVIRON_MAX`] bytes of a process's environment, giving up after
@@ -593,7 +593,7 @@ mod tests {
         let name = parse_environ(long.as_bytes())
             .service_name
             .unwrap_or_default();
-        assert_eq!(name.len(), scalewise_collector::wire::MAX_ATTR_LEN);
+        assert_eq!(name.len(), scalewise_core::wire::MAX_ATTR_LEN);
     }
 
     #[test]

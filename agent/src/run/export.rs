@@ -25,7 +25,7 @@ use opentelemetry_sdk::metrics::{
     InstrumentKind, ManualReader, Pipeline, SdkMeterProvider, Temporality,
 };
 use opentelemetry_sdk::Resource;
-use scalewise_collector::wire::{self, WirePoint};
+use scalewise_core::wire::{self, WirePoint};
 
 use super::{InstanceMeta, InstanceView, RunError, Shared};
 

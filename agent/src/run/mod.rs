@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use scalewise_collector::Budget;
+use scalewise_core::Budget;
 use thiserror::Error;
 
 use crate::session::{ErrorCounts, SessionConfig};
@@ -82,7 +82,7 @@ pub struct InstanceMeta {
     pub start: SystemTime,
     pub members: Vec<ProcId>,
     /// The runtime detected at start (`process.runtime.*`), for the report.
-    pub runtime: Option<scalewise_collector::engine::Runtime>,
+    pub runtime: Option<scalewise_core::engine::Runtime>,
 }
 
 /// The latest snapshot of one instance.

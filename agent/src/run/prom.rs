@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::Encoder;
-use scalewise_collector::wire::{self, WirePoint};
+use scalewise_core::wire::{self, WirePoint};
 
 use super::{InstanceView, Shared};
 
@@ -343,7 +343,7 @@ pub fn router(shared: Arc<Shared>) -> axum::Router {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use scalewise_collector::{Budget, DependencyTime};
+    use scalewise_core::{Budget, DependencyTime};
 
     #[test]
     fn every_wire_metric_has_a_prometheus_name() {

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use scalewise_collector::{Budget, DependencyTime, RequestSource};
+use scalewise_core::{Budget, DependencyTime, RequestSource};
 
 use crate::deps::DependencyNames;
 pub use aggregate::{AggregateStats, Match, SpanAggregate, SpanWindow};

@@ -37,7 +37,7 @@ use super::{unix_ns, with, SharedAggregate};
 pub const MAX_BODY_BYTES: usize = 8 << 20;
 pub const MAX_DECODED_BYTES: usize = 32 << 20;
 /// Largest memory a body may take once decoded, estimated before decoding it (see
-/// `scalewise_collector::decoded`: empty messages are 2 bytes on the wire, ~100 in memory).
+/// `scalewise_core::decoded`: empty messages are 2 bytes on the wire, ~100 in memory).
 pub const MAX_DECODED_MEMORY: usize = 128 << 20;
 /// Largest OTLP/gRPC message (decompressed) on the traces receiver.
 pub const GRPC_MAX_MESSAGE_BYTES: usize = 4 << 20;
@@ -137,8 +137,8 @@ pub fn decode_http(
         body
     };
     let estimate = match format {
-        Format::Protobuf => scalewise_collector::decoded::protobuf_estimate(bytes),
-        Format::Json => scalewise_collector::decoded::json_estimate(bytes),
+        Format::Protobuf => scalewise_core::decoded::protobuf_estimate(bytes),
+        Format::Json => scalewise_core::decoded::json_estimate(bytes),
     };
     if estimate > MAX_DECODED_MEMORY {
         return Err(DecodeError::DecodesTooLarge(estimate, MAX_DECODED_MEMORY));

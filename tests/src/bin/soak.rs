@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use scalewise_collector::engine::{diagnose, Thresholds};
+use scalewise_core::engine::{diagnose, Thresholds};
 use scalewise_e2e::collector::{collector_bin, get, now_ns, temp_dir, Instance, Profile};
 use scalewise_e2e::harness::{agent_bin, free_port, stop, Load, Service};
 use scalewise_e2e::workload::Args;
