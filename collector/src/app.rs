@@ -21,6 +21,7 @@ use crate::store::{Memory, StoredMeta};
 use crate::window::Snapshot;
 use crate::{auth, config, conn, grpc, ingest, metrics, tls, window};
 use scalewise_core::engine::{self, Breakdown, Diagnosis, Thresholds};
+use scalewise_core::Budget;
 
 #[derive(Debug, Error)]
 pub enum ServerError {
@@ -447,19 +448,25 @@ impl App {
         from_ms: i64,
         to_ms: i64,
     ) -> (Diagnosis, Vec<InstanceView>) {
-        let mut budget = scalewise_core::budget::Budget::default();
+        let (budget, counted) = window::service_window(
+            series
+                .iter()
+                .map(|(meta, snaps)| (snaps.as_slice(), &meta.counters)),
+            from_ms,
+            to_ms,
+        );
         let mut pids = Vec::new();
         let mut views = Vec::new();
-        for (meta, snaps) in series {
-            if let Some(inc) = window::instance_increase(snaps, from_ms, to_ms) {
-                budget.merge(&window::to_budget(&inc, &meta.counters));
-                pids.extend(meta.resource.pid);
-                views.push(InstanceView {
-                    resource: meta.resource.clone(),
-                    last_seen_unix: unix(meta.last_seen_ms),
-                    rss_bytes: meta.rss_bytes,
-                });
-            }
+        for meta in counted
+            .iter()
+            .filter_map(|&i| series.get(i).map(|(m, _)| m))
+        {
+            pids.extend(meta.resource.pid);
+            views.push(InstanceView {
+                resource: meta.resource.clone(),
+                last_seen_unix: unix(meta.last_seen_ms),
+                rss_bytes: meta.rss_bytes,
+            });
         }
         pids.sort_unstable();
         pids.dedup();
@@ -478,6 +485,17 @@ impl App {
             diagnosis.memory_bytes = Some((rss.iter().sum::<f64>() / rss.len() as f64) as u64);
         }
         (diagnosis, views)
+    }
+
+    /// The budget of `service` over the last `window_ms` before `now_ms`: what its diagnosis is
+    /// computed from. `None` if the service is unknown.
+    pub fn service_budget(&self, service: &str, window_ms: i64, now_ms: i64) -> Option<Budget> {
+        let from = now_ms - window_ms;
+        let series = self.series(service, from, now_ms, now_ms, true)?;
+        let instances = series
+            .iter()
+            .map(|(meta, snaps)| (snaps.as_slice(), &meta.counters));
+        Some(window::service_window(instances, from, now_ms).0)
     }
 
     /// The diagnosis of `service` over the last `window_ms` before `now_ms`.

@@ -217,41 +217,19 @@ fn number(p: &NumberDataPoint) -> Option<f64> {
     }
 }
 
-/// Where a decoded point lands, read back from the scratch budget [`wire::apply`] filled.
+/// Where a decoded point lands: its counter's slot, or the dependency [`wire::apply`] put in the
+/// scratch budget.
 fn target(metric: &str, scratch: &Budget, attrs: &[KeyValue]) -> Option<Target> {
-    let fixed = |i| Some(Target::Fixed(i));
+    let look = |k: &str| attr(attrs, k);
+    if let Ok(Some(c)) = wire::counters::find(metric, &look) {
+        return Some(Target::Fixed(c.slot));
+    }
     match metric {
-        wire::SAMPLED_TIME => fixed(slot::SAMPLED),
-        wire::REQUEST_TIME => fixed(slot::REQUEST),
-        wire::REQUESTS => fixed(slot::REQUESTS),
-        wire::COMPONENT_TIME => match attr(attrs, wire::ATTR_COMPONENT).as_deref() {
-            Some("cpu") => fixed(slot::CPU),
-            Some("gc") => fixed(slot::GC),
-            Some("cpu_wait") => fixed(slot::CPU_WAIT),
-            _ => None, // `downstream` is rebuilt from the dependencies
-        },
         wire::DEPENDENCY_TIME => scratch
             .downstream
             .iter()
             .next()
             .map(|(e, d)| Target::Dependency(e.clone(), d.kind.clone(), d.name.clone())),
-        wire::QUEUED_TIME => fixed(slot::QUEUED),
-        wire::LOOP_QUEUED_TIME => fixed(slot::LOOP_QUEUED),
-        wire::SEND_QUEUE_TIME => fixed(slot::SEND_QUEUE),
-        wire::CONNECTION_TIME => fixed(slot::CONNECTIONS),
-        wire::LOOP_CPU_TIME => fixed(slot::LOOP_CPU),
-        wire::LOOP_DELAY_TIME => fixed(slot::LOOP_DELAY),
-        wire::GC_PAUSE_TIME => fixed(slot::GC_PAUSE),
-        wire::GC_CPU_TIME => fixed(slot::GC_CPU),
-        wire::CPU_CAPACITY_TIME => fixed(slot::CAPACITY),
-        wire::CPU_THROTTLED_TIME => fixed(slot::THROTTLED),
-        wire::CPU_PRESSURE_TIME => fixed(slot::PRESSURE),
-        wire::THREAD_BLOCKED_TIME => fixed(slot::BLOCKED),
-        wire::THREAD_BUSIEST_TIME => fixed(slot::BUSIEST),
-        wire::SOCKET_SAMPLES => match attr(attrs, wire::ATTR_SAMPLE_OUTCOME).as_deref() {
-            Some("ambiguous") => fixed(slot::SOCKETS_AMBIGUOUS),
-            _ => fixed(slot::SOCKETS_CERTAIN),
-        },
         _ => None,
     }
 }

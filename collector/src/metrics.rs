@@ -13,8 +13,9 @@ use prometheus::{
 
 use crate::app::App;
 use crate::store::StoredMeta;
-use crate::window::{slot, Snapshot, N_FIXED};
+use crate::window::{to_budget, Snapshot};
 use scalewise_core::engine::Verdict;
+use scalewise_core::wire::prom;
 
 /// Dependency labels per service in `/metrics`; the rest are summed as `other`.
 pub const TOP_DEPENDENCIES: usize = 20;
@@ -223,150 +224,14 @@ fn push_gauge(f: &mut MetricFamily, pairs: &[(&str, &str)], v: f64) {
     f.mut_metric().push(m);
 }
 
-/// A fixed counter re-exported per instance: (slot, Prometheus name, help, extra label).
-type CounterDef = (
-    usize,
-    &'static str,
-    &'static str,
-    Option<(&'static str, &'static str)>,
-);
-
-const COUNTERS: &[CounterDef] = &[
-    (
-        slot::QUEUED,
-        "scalewise_request_queued_seconds_total",
-        "Request-seconds with the request unread in the service's socket.",
-        None,
-    ),
-    (
-        slot::LOOP_QUEUED,
-        "scalewise_request_loop_queued_seconds_total",
-        "The part of the queued request-seconds in processes served by an event loop.",
-        None,
-    ),
-    (
-        slot::SEND_QUEUE,
-        "scalewise_request_send_queue_seconds_total",
-        "Request-seconds with the response written but not yet sent.",
-        None,
-    ),
-    (
-        slot::CONNECTIONS,
-        "scalewise_connection_seconds_total",
-        "Inbound connection-seconds (rate = mean open inbound connections).",
-        None,
-    ),
-    (
-        slot::LOOP_CPU,
-        "scalewise_loop_cpu_seconds_total",
-        "On-CPU seconds of event-loop threads.",
-        None,
-    ),
-    (
-        slot::LOOP_DELAY,
-        "scalewise_loop_delay_seconds_total",
-        "Run-queue delay of event-loop threads.",
-        None,
-    ),
-    (
-        slot::SAMPLED,
-        "scalewise_sampled_seconds_total",
-        "Wall seconds the instance was sampled.",
-        None,
-    ),
-    (
-        slot::REQUESTS,
-        "scalewise_requests_total",
-        "Requests completed.",
-        None,
-    ),
-    (
-        slot::CPU,
-        "scalewise_request_component_time_seconds_total",
-        "Request-seconds per component.",
-        Some(("component", "cpu")),
-    ),
-    (
-        slot::GC,
-        "scalewise_request_component_time_seconds_total",
-        "",
-        Some(("component", "gc")),
-    ),
-    (
-        slot::CPU_WAIT,
-        "scalewise_request_component_time_seconds_total",
-        "",
-        Some(("component", "cpu_wait")),
-    ),
-    (
-        slot::GC_PAUSE,
-        "scalewise_gc_pause_seconds_total",
-        "Wall seconds of stop-the-world GC pauses.",
-        None,
-    ),
-    (
-        slot::GC_CPU,
-        "scalewise_gc_cpu_seconds_total",
-        "On-CPU seconds of runtime GC threads.",
-        None,
-    ),
-    (
-        slot::CAPACITY,
-        "scalewise_cpu_capacity_seconds_total",
-        "Core-seconds the instance may use.",
-        None,
-    ),
-    (
-        slot::THROTTLED,
-        "scalewise_cpu_throttled_seconds_total",
-        "Seconds throttled by the cgroup CPU quota.",
-        None,
-    ),
-    (
-        slot::PRESSURE,
-        "scalewise_cpu_pressure_seconds_total",
-        "Seconds some task waited for a CPU (cpu.pressure some).",
-        None,
-    ),
-    (
-        slot::BLOCKED,
-        "scalewise_thread_blocked_seconds_total",
-        "Thread-seconds sampled blocked on locks.",
-        None,
-    ),
-    (
-        slot::BUSIEST,
-        "scalewise_thread_busiest_seconds_total",
-        "Busy seconds of the busiest thread, summed over sampling intervals.",
-        None,
-    ),
-    (
-        slot::SOCKETS_CERTAIN,
-        "scalewise_socket_samples_total",
-        "Connection samples taken.",
-        Some(("outcome", "certain")),
-    ),
-    (
-        slot::SOCKETS_AMBIGUOUS,
-        "scalewise_socket_samples_total",
-        "",
-        Some(("outcome", "ambiguous")),
-    ),
-];
-
+/// Every instance's budget counters ([`prom::budget_series`], the same series as the agent's
+/// `/metrics`), with its dependencies past the service's top ones summed as `other`.
 fn instance_counters(
     out: &mut Vec<MetricFamily>,
     latest: &[(String, StoredMeta, Snapshot)],
     top_deps: &std::collections::BTreeMap<String, Vec<String>>,
 ) {
     let mut fams: Vec<MetricFamily> = Vec::default();
-    let fam = |fams: &mut Vec<MetricFamily>, name: &str, help: &str| -> usize {
-        if let Some(i) = fams.iter().position(|f| f.name() == name) {
-            return i;
-        }
-        fams.push(family(name, help, MetricType::COUNTER));
-        fams.len() - 1
-    };
     for (service, meta, snap) in latest {
         let ns = meta.resource.namespace.as_deref().unwrap_or("");
         let id = meta.resource.instance.as_str();
@@ -375,62 +240,20 @@ fn instance_counters(
             ("service_namespace", ns),
             ("service_instance_id", id),
         ];
-        for (i, name, help, extra) in COUNTERS {
-            let f = fam(&mut fams, name, help);
-            let mut pairs = base.to_vec();
-            if let Some(e) = extra {
-                pairs.push(*e);
-            }
-            push_counter(&mut fams[f], &pairs, snap.get(*i));
-        }
-        let f = fam(
-            &mut fams,
-            "scalewise_request_time_seconds_total",
-            "Request-seconds (mean requests in flight x time).",
-        );
-        let source = meta.counters.request_source.as_str();
-        let mut pairs = base.to_vec();
-        pairs.push(("source", source));
-        push_counter(&mut fams[f], &pairs, snap.get(slot::REQUEST));
-        // Dependencies: the service's top ones by name, the rest summed as `other`.
         let top = top_deps.get(service);
-        let mut per_label: std::collections::BTreeMap<(String, String), f64> = Default::default();
-        let mut downstream = 0.0;
-        for (k, (endpoint, kind, name)) in meta.counters.dependencies.iter().enumerate() {
-            let v = snap.get(N_FIXED + k);
-            downstream += v;
-            let shown = name.clone().unwrap_or_else(|| endpoint.clone());
-            let keep = top.is_some_and(|t| t.iter().any(|e| e == endpoint));
-            let key = if keep {
-                (shown, kind.clone())
-            } else {
-                ("other".to_string(), "other".to_string())
+        let keep = |endpoint: &str| top.is_some_and(|t| t.iter().any(|e| e == endpoint));
+        let budget = to_budget(&snap.vals, &meta.counters);
+        for series in prom::budget_series(&budget, &keep) {
+            let i = match fams.iter().position(|f| f.name() == series.name) {
+                Some(i) => i,
+                None => {
+                    fams.push(family(series.name, series.help, MetricType::COUNTER));
+                    fams.len() - 1
+                }
             };
-            *per_label.entry(key).or_default() += v;
-        }
-        let f = fam(
-            &mut fams,
-            "scalewise_request_component_time_seconds_total",
-            "Request-seconds per component.",
-        );
-        let mut pairs = base.to_vec();
-        pairs.push(("component", "downstream"));
-        push_counter(&mut fams[f], &pairs, downstream);
-        let f = fam(
-            &mut fams,
-            "scalewise_dependency_time_seconds_total",
-            "Request-seconds awaiting one downstream endpoint.",
-        );
-        for ((dep, kind), v) in &per_label {
             let mut pairs = base.to_vec();
-            pairs.push(("dependency", dep));
-            pairs.push(("dependency_kind", kind));
-            push_counter(&mut fams[f], &pairs, *v);
-        }
-    }
-    for f in &mut fams {
-        if f.help().is_empty() {
-            f.set_help("See docs/metrics.md.".to_string());
+            pairs.extend(series.labels.iter().map(|(k, v)| (*k, v.as_str())));
+            push_counter(&mut fams[i], &pairs, series.value);
         }
     }
     out.extend(fams);

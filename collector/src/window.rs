@@ -10,34 +10,12 @@
 //! Pure: snapshots and times in, a [`Budget`] out. No clock, no locks, no I/O.
 
 use scalewise_core::budget::{Budget, DependencyTime, RequestSource};
+use scalewise_core::wire::COUNTERS;
 
-/// Indices of the fixed counters in [`Snapshot::vals`]; dependencies follow from [`N_FIXED`].
-pub mod slot {
-    pub const SAMPLED: usize = 0;
-    pub const REQUEST: usize = 1;
-    pub const REQUESTS: usize = 2;
-    pub const CPU: usize = 3;
-    pub const GC: usize = 4;
-    pub const CPU_WAIT: usize = 5;
-    pub const GC_PAUSE: usize = 6;
-    pub const GC_CPU: usize = 7;
-    pub const CAPACITY: usize = 8;
-    pub const THROTTLED: usize = 9;
-    pub const PRESSURE: usize = 10;
-    pub const BLOCKED: usize = 11;
-    pub const BUSIEST: usize = 12;
-    pub const SOCKETS_CERTAIN: usize = 13;
-    pub const SOCKETS_AMBIGUOUS: usize = 14;
-    pub const QUEUED: usize = 15;
-    pub const LOOP_QUEUED: usize = 16;
-    pub const SEND_QUEUE: usize = 17;
-    pub const CONNECTIONS: usize = 18;
-    pub const LOOP_CPU: usize = 19;
-    pub const LOOP_DELAY: usize = 20;
-}
-
-/// Fixed counters per snapshot; dependency `i` of the instance is at `N_FIXED + i`.
-pub const N_FIXED: usize = 21;
+pub use scalewise_core::wire::counters::slot;
+/// Fixed counters per snapshot (the counter table's rows, in slot order); dependency `i` of the
+/// instance is at `N_FIXED + i`.
+pub use scalewise_core::wire::N_FIXED;
 
 /// One cumulative report of one instance, compact: a few hundred bytes, so thousands of
 /// instances with minutes of history fit in little memory.
@@ -144,34 +122,14 @@ pub fn instance_increase(snaps: &[Snapshot], from_ms: i64, to_ms: i64) -> Option
 pub fn to_budget(inc: &[f64], meta: &InstanceMeta) -> Budget {
     let g = |i: usize| inc.get(i).copied().unwrap_or(0.0);
     let mut b = Budget {
-        window_s: g(slot::SAMPLED),
-        request_s: g(slot::REQUEST),
-        requests: g(slot::REQUESTS),
         request_source: meta.request_source,
-        cpu_s: g(slot::CPU),
-        gc_s: g(slot::GC),
-        cpu_wait_s: g(slot::CPU_WAIT),
-        gc_pause_s: g(slot::GC_PAUSE),
-        gc_thread_cpu_s: g(slot::GC_CPU),
-        capacity_core_s: g(slot::CAPACITY),
-        throttled_s: g(slot::THROTTLED),
-        cpu_pressure_s: g(slot::PRESSURE),
-        blocked_lock_s: g(slot::BLOCKED),
-        busiest_thread_busy_s: g(slot::BUSIEST),
         busiest_thread: meta.busiest_thread.clone(),
-        queued_s: g(slot::QUEUED),
-        loop_queued_s: g(slot::LOOP_QUEUED),
-        send_queue_s: g(slot::SEND_QUEUE),
-        inbound_conn_s: g(slot::CONNECTIONS),
-        loop_cpu_s: g(slot::LOOP_CPU),
-        loop_delay_s: g(slot::LOOP_DELAY),
+        notes: meta.notes.clone(),
         ..Budget::default()
     };
-    // Sample counts are whole numbers; the cast saturates on absurd values.
-    let certain = g(slot::SOCKETS_CERTAIN).round() as u64;
-    let ambiguous = g(slot::SOCKETS_AMBIGUOUS).round() as u64;
-    b.socket_samples = certain.saturating_add(ambiguous);
-    b.ambiguous_samples = ambiguous;
+    for c in &COUNTERS {
+        (c.set)(&mut b, g(c.slot));
+    }
     for (i, (endpoint, kind, name)) in meta.dependencies.iter().enumerate() {
         let v = g(N_FIXED + i);
         if v > 0.0 {
@@ -185,27 +143,26 @@ pub fn to_budget(inc: &[f64], meta: &InstanceMeta) -> Budget {
             );
         }
     }
-    b.notes = meta.notes.clone();
     b
 }
 
 /// A service's window: the sum over its instances (`Budget::merge`: counters add, the sampled
-/// wall time and the busiest thread take the largest instance's). Returns the budget and how many
-/// instances contributed.
+/// wall time and the busiest thread take the largest instance's). Returns the budget and the
+/// positions of the instances that contributed (those with a usable pair of snapshots).
 pub fn service_window<'a>(
     instances: impl IntoIterator<Item = (&'a [Snapshot], &'a InstanceMeta)>,
     from_ms: i64,
     to_ms: i64,
-) -> (Budget, usize) {
+) -> (Budget, Vec<usize>) {
     let mut total = Budget::default();
-    let mut n = 0;
-    for (snaps, meta) in instances {
+    let mut counted = Vec::new();
+    for (i, (snaps, meta)) in instances.into_iter().enumerate() {
         if let Some(inc) = instance_increase(snaps, from_ms, to_ms) {
             total.merge(&to_budget(&inc, meta));
-            n += 1;
+            counted.push(i);
         }
     }
-    (total, n)
+    (total, counted)
 }
 
 #[cfg(test)]
@@ -293,8 +250,8 @@ mod tests {
         };
         let one = mk(9.0, 5.0);
         let two = mk(4.0, 3.0);
-        let (b, n) = service_window([(&one[..], &meta), (&two[..], &meta)], 100_000, 110_000);
-        assert_eq!(n, 2);
+        let (b, counted) = service_window([(&one[..], &meta), (&two[..], &meta)], 100_000, 110_000);
+        assert_eq!(counted, [0, 1]);
         assert_eq!(b.request_s, 20.0);
         assert_eq!(b.cpu_s, 4.0);
         assert_eq!(b.window_s, 10.0);

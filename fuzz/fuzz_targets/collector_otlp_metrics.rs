@@ -196,7 +196,7 @@ fn check(data: &[u8]) {
             }
         }
         let (from, to) = windows[1];
-        let (budget, n) = service_window(
+        let (budget, counted) = service_window(
             svc.instances
                 .values()
                 .map(|i| (i.snaps.as_slice(), &i.meta.counters)),
@@ -218,7 +218,7 @@ fn check(data: &[u8]) {
         for k in 0..steps {
             let start = from + k * step_ms;
             let end = (start + step_ms).min(to);
-            let (b, n) = service_window(
+            let (b, counted_step) = service_window(
                 svc.instances
                     .values()
                     .map(|i| (i.snaps.as_slice(), &i.meta.counters)),
@@ -234,7 +234,7 @@ fn check(data: &[u8]) {
                 breakdown: d.breakdown,
                 requests_per_s: d.requests.rate_per_s,
                 mean_latency_ms: d.requests.mean_latency_ms,
-                instances: n,
+                instances: counted_step.len(),
             });
         }
         let history = History {
@@ -255,7 +255,7 @@ fn check(data: &[u8]) {
             .collect();
         let view = ServiceView {
             diagnosis: diagnosis.clone(),
-            instances: n,
+            instances: counted.len(),
             instance_list,
             window_start_unix: from as f64 / 1000.0,
             window_end_unix: to as f64 / 1000.0,
@@ -274,7 +274,7 @@ fn check(data: &[u8]) {
             verdict: diagnosis.verdict,
             confidence: diagnosis.confidence,
             breakdown: diagnosis.breakdown,
-            instances: n,
+            instances: counted.len(),
             last_seen_unix: view.last_seen_unix,
             window_s: diagnosis.window_s,
             requests: diagnosis.requests.clone(),

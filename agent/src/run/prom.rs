@@ -12,101 +12,12 @@ use std::time::Duration;
 
 use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::Encoder;
-use scalewise_core::wire::{self, WirePoint};
+use scalewise_core::wire::{self, prom};
 
 use super::{InstanceView, Shared};
 
 /// Dependencies per service instance kept as their own series; the rest add up as `other`.
 pub const MAX_DEPENDENCIES: usize = 20;
-
-/// The Prometheus name of a wire metric (docs/metrics.md).
-pub fn prometheus_name(metric: &str) -> Option<&'static str> {
-    Some(match metric {
-        wire::SAMPLED_TIME => "scalewise_sampled_seconds_total",
-        wire::REQUEST_TIME => "scalewise_request_time_seconds_total",
-        wire::REQUESTS => "scalewise_requests_total",
-        wire::COMPONENT_TIME => "scalewise_request_component_time_seconds_total",
-        wire::DEPENDENCY_TIME => "scalewise_dependency_time_seconds_total",
-        wire::QUEUED_TIME => "scalewise_request_queued_seconds_total",
-        wire::LOOP_QUEUED_TIME => "scalewise_request_loop_queued_seconds_total",
-        wire::SEND_QUEUE_TIME => "scalewise_request_send_queue_seconds_total",
-        wire::CONNECTION_TIME => "scalewise_connection_seconds_total",
-        wire::LOOP_CPU_TIME => "scalewise_loop_cpu_seconds_total",
-        wire::LOOP_DELAY_TIME => "scalewise_loop_delay_seconds_total",
-        wire::GC_PAUSE_TIME => "scalewise_gc_pause_seconds_total",
-        wire::GC_CPU_TIME => "scalewise_gc_cpu_seconds_total",
-        wire::CPU_CAPACITY_TIME => "scalewise_cpu_capacity_seconds_total",
-        wire::CPU_THROTTLED_TIME => "scalewise_cpu_throttled_seconds_total",
-        wire::CPU_PRESSURE_TIME => "scalewise_cpu_pressure_seconds_total",
-        wire::THREAD_BLOCKED_TIME => "scalewise_thread_blocked_seconds_total",
-        wire::THREAD_BUSIEST_TIME => "scalewise_thread_busiest_seconds_total",
-        wire::SOCKET_SAMPLES => "scalewise_socket_samples_total",
-        wire::MEMORY_RSS => "scalewise_memory_rss_bytes",
-        wire::NOTE => "scalewise_note",
-        _ => return None,
-    })
-}
-
-/// A wire attribute as Prometheus labels (`None`: not a label, e.g. the busiest thread's name,
-/// which would make a new series each time another thread is the busiest).
-fn labels_of(p: &WirePoint) -> Vec<(&'static str, String)> {
-    let get = |k: &str| {
-        p.attrs
-            .iter()
-            .find(|(a, _)| *a == k)
-            .map(|(_, v)| v.clone())
-    };
-    match p.metric {
-        wire::REQUEST_TIME => vec![("source", get(wire::ATTR_REQUEST_SOURCE).unwrap_or_default())],
-        wire::COMPONENT_TIME => vec![("component", get(wire::ATTR_COMPONENT).unwrap_or_default())],
-        wire::SOCKET_SAMPLES => vec![(
-            "outcome",
-            get(wire::ATTR_SAMPLE_OUTCOME).unwrap_or_default(),
-        )],
-        wire::NOTE => vec![("note", get(wire::ATTR_NOTE).unwrap_or_default())],
-        wire::DEPENDENCY_TIME => {
-            let name = get(wire::ATTR_PEER_NAME).unwrap_or_else(|| {
-                let addr = get(wire::ATTR_SERVER_ADDRESS).unwrap_or_default();
-                let port = get(wire::ATTR_SERVER_PORT).unwrap_or_default();
-                if addr.contains(':') {
-                    format!("[{addr}]:{port}")
-                } else {
-                    format!("{addr}:{port}")
-                }
-            });
-            vec![
-                ("dependency", name),
-                (
-                    "dependency_kind",
-                    get(wire::ATTR_DB_SYSTEM).unwrap_or_default(),
-                ),
-            ]
-        }
-        _ => Vec::new(),
-    }
-}
-
-/// Keeps the largest [`MAX_DEPENDENCIES`] dependency series, the rest summed as `other`.
-fn cap_dependencies(points: Vec<WirePoint>) -> Vec<WirePoint> {
-    let (mut deps, mut rest): (Vec<WirePoint>, Vec<WirePoint>) = points
-        .into_iter()
-        .partition(|p| p.metric == wire::DEPENDENCY_TIME);
-    if deps.len() > MAX_DEPENDENCIES {
-        deps.sort_by(|a, b| b.value.total_cmp(&a.value));
-        let other: f64 = deps[MAX_DEPENDENCIES..].iter().map(|p| p.value).sum();
-        deps.truncate(MAX_DEPENDENCIES);
-        deps.push(WirePoint {
-            metric: wire::DEPENDENCY_TIME,
-            attrs: vec![
-                (wire::ATTR_PEER_NAME, "other".to_string()),
-                (wire::ATTR_DB_SYSTEM, "other".to_string()),
-            ],
-            value: other,
-        });
-    }
-    rest.extend(deps);
-    rest
-}
 
 fn label(name: &str, value: &str) -> LabelPair {
     let mut l = LabelPair::default();
@@ -155,6 +66,8 @@ impl Families {
     }
 }
 
+/// One instance's budget ([`prom::budget_series`], the same series as the collector's
+/// `/metrics`), its resident memory and its notes.
 fn instance_series(f: &mut Families, id: &str, v: &InstanceView) {
     let mut base: Vec<(&str, &str)> = vec![
         ("service_name", v.meta.service.name.as_str()),
@@ -169,23 +82,37 @@ fn instance_series(f: &mut Families, id: &str, v: &InstanceView) {
     {
         base.push(("service_namespace", ns.as_str()));
     }
-    let mut points = cap_dependencies(wire::budget_points(&v.budget));
-    points.push(WirePoint {
-        metric: wire::MEMORY_RSS,
-        attrs: Vec::new(),
-        value: v.rss_bytes as f64,
-    });
-    for p in &points {
-        let Some(name) = prometheus_name(p.metric) else {
-            continue;
-        };
-        let counter = wire::METRICS
-            .iter()
-            .any(|(m, _, sum)| *m == p.metric && *sum);
-        let own = labels_of(p);
+    let top = prom::top_dependencies(&v.budget, MAX_DEPENDENCIES);
+    let keep = |endpoint: &str| top.iter().any(|e| e == endpoint);
+    for series in prom::budget_series(&v.budget, &keep) {
         let mut labels = base.clone();
-        labels.extend(own.iter().map(|(k, v)| (*k, v.as_str())));
-        f.add(name, p.metric, counter, &labels, p.value + 0.0);
+        labels.extend(series.labels.iter().map(|(k, v)| (*k, v.as_str())));
+        f.add(
+            series.name,
+            series.help,
+            series.counter,
+            &labels,
+            series.value,
+        );
+    }
+    f.add(
+        "scalewise_memory_rss_bytes",
+        "Resident memory of the instance's processes.",
+        false,
+        &base,
+        v.rss_bytes as f64,
+    );
+    for note in v.budget.notes.iter().take(wire::MAX_NOTES) {
+        let bounded = wire::bounded(note);
+        let mut labels = base.clone();
+        labels.push(("note", bounded.as_str()));
+        f.add(
+            "scalewise_note",
+            "Something the samplers could not see, in words (value 1).",
+            false,
+            &labels,
+            1.0,
+        );
     }
 }
 
@@ -346,14 +273,6 @@ mod tests {
     use scalewise_core::{Budget, DependencyTime};
 
     #[test]
-    fn every_wire_metric_has_a_prometheus_name() {
-        for (m, _, sum) in wire::METRICS {
-            let name = prometheus_name(m).expect(m);
-            assert_eq!(name.ends_with("_total"), *sum, "{name}");
-        }
-    }
-
-    #[test]
     fn dependencies_are_capped_with_an_overflow_series() {
         let mut b = Budget::default();
         for i in 0..30 {
@@ -366,15 +285,37 @@ mod tests {
                 },
             );
         }
-        let points = cap_dependencies(wire::budget_points(&b));
-        let deps: Vec<&WirePoint> = points
+        let mut f = Families::default();
+        let view = InstanceView {
+            meta: Arc::new(super::super::InstanceMeta {
+                id: "i-1".into(),
+                service: super::super::discovery::ServiceInfo {
+                    name: "api".into(),
+                    attrs: Vec::new(),
+                },
+                pids: vec![1],
+                host: "h".into(),
+                start: std::time::SystemTime::UNIX_EPOCH,
+                members: Vec::new(),
+                runtime: None,
+            }),
+            budget: b,
+            rss_bytes: 0,
+            errors: Default::default(),
+            ended: false,
+        };
+        instance_series(&mut f, "i-1", &view);
+        let deps = &f.by_name[prom::DEPENDENCY_NAME];
+        assert_eq!(deps.get_metric().len(), MAX_DEPENDENCIES + 1);
+        let total: f64 = deps
+            .get_metric()
             .iter()
-            .filter(|p| p.metric == wire::DEPENDENCY_TIME)
-            .collect();
-        assert_eq!(deps.len(), MAX_DEPENDENCIES + 1);
-        let total: f64 = deps.iter().map(|p| p.value).sum();
+            .map(|m| m.get_counter().get_value())
+            .sum();
         assert_eq!(total, (0..30).sum::<i32>() as f64);
-        let other = deps.last().map(|p| labels_of(p)).unwrap_or_default();
-        assert_eq!(other[0], ("dependency", "other".to_string()));
+        assert!(deps.get_metric().iter().any(|m| m
+            .get_label()
+            .iter()
+            .any(|l| l.name() == "dependency" && l.value() == prom::OTHER)));
     }
 }

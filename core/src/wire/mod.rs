@@ -7,6 +7,9 @@
 //! cumulative monotonic Sum whose `start_time_unix_nano` is when the instance started counting,
 //! except the gauges named as such.
 //!
+//! Which budget field each counter is, and its store slot and Prometheus spelling, is the one
+//! table in [`counters`]; [`prom`] renders a budget as Prometheus series for both `/metrics`.
+//!
 //! Pure: no I/O, no OpenTelemetry types, so both sides and the fuzz targets share it.
 
 use std::collections::BTreeMap;
@@ -14,6 +17,11 @@ use std::collections::BTreeMap;
 use thiserror::Error;
 
 use crate::budget::{Budget, DependencyTime, RequestSource};
+
+pub mod counters;
+pub mod prom;
+
+pub use counters::{Counter, COUNTERS, N_FIXED};
 
 /// Wall seconds the instance was sampled (`Budget::window_s`).
 pub const SAMPLED_TIME: &str = "scalewise.sampled.time";
@@ -113,14 +121,6 @@ pub struct WirePoint {
     pub value: f64,
 }
 
-fn point(metric: &'static str, value: f64) -> WirePoint {
-    WirePoint {
-        metric,
-        attrs: Vec::new(),
-        value,
-    }
-}
-
 fn with(metric: &'static str, attrs: Vec<(&'static str, String)>, value: f64) -> WirePoint {
     WirePoint {
         metric,
@@ -152,29 +152,32 @@ fn join_endpoint(addr: &str, port: &str) -> String {
     }
 }
 
-/// The budget's counters as data points, in a stable order.
+/// The budget's counters as data points, in a stable order: the counter table's rows, then the
+/// `downstream` component, the dependencies and the notes.
 pub fn budget_points(b: &Budget) -> Vec<WirePoint> {
-    let mut out = vec![
-        point(SAMPLED_TIME, b.window_s),
-        with(
-            REQUEST_TIME,
-            vec![(ATTR_REQUEST_SOURCE, b.request_source.as_str().to_string())],
-            b.request_s,
-        ),
-        point(REQUESTS, b.requests),
-    ];
-    for (component, v) in [
-        ("cpu", b.cpu_s),
-        ("gc", b.gc_s),
-        ("cpu_wait", b.cpu_wait_s),
-        ("downstream", b.downstream_s()),
-    ] {
-        out.push(with(
-            COMPONENT_TIME,
-            vec![(ATTR_COMPONENT, component.to_string())],
-            v,
-        ));
+    let mut out = Vec::with_capacity(COUNTERS.len() + 2 + b.downstream.len() + b.notes.len());
+    for c in &COUNTERS {
+        let mut attrs = Vec::new();
+        if let Some((k, v)) = c.wire_attr {
+            attrs.push((k, v.to_string()));
+        }
+        match c.wire {
+            REQUEST_TIME => {
+                attrs.push((ATTR_REQUEST_SOURCE, b.request_source.as_str().to_string()))
+            }
+            THREAD_BUSIEST_TIME => attrs.push((
+                ATTR_THREAD_NAME,
+                b.busiest_thread.clone().unwrap_or_default(),
+            )),
+            _ => {}
+        }
+        out.push(with(c.wire, attrs, (c.get)(b)));
     }
+    out.push(with(
+        COMPONENT_TIME,
+        vec![(ATTR_COMPONENT, "downstream".to_string())],
+        b.downstream_s(),
+    ));
     for (endpoint, d) in &b.downstream {
         let (addr, port) = split_endpoint(endpoint);
         let mut attrs = vec![
@@ -187,38 +190,6 @@ pub fn budget_points(b: &Budget) -> Vec<WirePoint> {
         }
         out.push(with(DEPENDENCY_TIME, attrs, d.awaiting_s));
     }
-    out.extend([
-        point(QUEUED_TIME, b.queued_s),
-        point(LOOP_QUEUED_TIME, b.loop_queued_s),
-        point(SEND_QUEUE_TIME, b.send_queue_s),
-        point(CONNECTION_TIME, b.inbound_conn_s),
-        point(LOOP_CPU_TIME, b.loop_cpu_s),
-        point(LOOP_DELAY_TIME, b.loop_delay_s),
-        point(GC_PAUSE_TIME, b.gc_pause_s),
-        point(GC_CPU_TIME, b.gc_thread_cpu_s),
-        point(CPU_CAPACITY_TIME, b.capacity_core_s),
-        point(CPU_THROTTLED_TIME, b.throttled_s),
-        point(CPU_PRESSURE_TIME, b.cpu_pressure_s),
-        point(THREAD_BLOCKED_TIME, b.blocked_lock_s),
-        with(
-            THREAD_BUSIEST_TIME,
-            vec![(
-                ATTR_THREAD_NAME,
-                b.busiest_thread.clone().unwrap_or_default(),
-            )],
-            b.busiest_thread_busy_s,
-        ),
-        with(
-            SOCKET_SAMPLES,
-            vec![(ATTR_SAMPLE_OUTCOME, "certain".to_string())],
-            b.socket_samples.saturating_sub(b.ambiguous_samples) as f64,
-        ),
-        with(
-            SOCKET_SAMPLES,
-            vec![(ATTR_SAMPLE_OUTCOME, "ambiguous".to_string())],
-            b.ambiguous_samples as f64,
-        ),
-    ]);
     for note in b.notes.iter().take(MAX_NOTES) {
         out.push(with(NOTE, vec![(ATTR_NOTE, bounded(note))], 1.0));
     }
@@ -284,29 +255,37 @@ pub fn apply(
             .map(|v| bounded(&v))
             .ok_or(WireError::BadAttribute { metric, attr: a })
     };
-    match metric {
-        SAMPLED_TIME => b.window_s = value,
-        REQUEST_TIME => {
-            b.request_s = value;
-            b.request_source = match attr(ATTR_REQUEST_SOURCE).as_deref() {
-                Some("spans") => RequestSource::Spans,
-                Some("sockets") => RequestSource::Sockets,
-                _ => RequestSource::None,
-            };
+    match counters::find(metric, attr) {
+        Err(missing) => {
+            return Err(WireError::BadAttribute {
+                metric,
+                attr: missing,
+            })
         }
-        REQUESTS => b.requests = value,
-        COMPONENT_TIME => match need(ATTR_COMPONENT)?.as_str() {
-            "cpu" => b.cpu_s = value,
-            "gc" => b.gc_s = value,
-            "cpu_wait" => b.cpu_wait_s = value,
-            "downstream" => {} // rebuilt from the per-dependency series
-            _ => {
-                return Err(WireError::BadAttribute {
-                    metric,
-                    attr: ATTR_COMPONENT,
-                })
+        Ok(Some(c)) => {
+            (c.set)(b, value);
+            // The attributes that ride on a counter without telling it apart.
+            match metric {
+                REQUEST_TIME => {
+                    b.request_source = match attr(ATTR_REQUEST_SOURCE).as_deref() {
+                        Some("spans") => RequestSource::Spans,
+                        Some("sockets") => RequestSource::Sockets,
+                        _ => RequestSource::None,
+                    }
+                }
+                THREAD_BUSIEST_TIME => {
+                    b.busiest_thread = attr(ATTR_THREAD_NAME)
+                        .filter(|n| !n.is_empty())
+                        .map(|n| bounded(&n))
+                }
+                _ => {}
             }
-        },
+            return Ok(());
+        }
+        Ok(None) => {}
+    }
+    match metric {
+        COMPONENT_TIME => {} // `downstream`: rebuilt from the per-dependency series
         DEPENDENCY_TIME => {
             let addr = need(ATTR_SERVER_ADDRESS)?;
             let port = attr(ATTR_SERVER_PORT).unwrap_or_default();
@@ -326,44 +305,6 @@ pub fn apply(
                     awaiting_s: value,
                 },
             );
-        }
-        QUEUED_TIME => b.queued_s = value,
-        LOOP_QUEUED_TIME => b.loop_queued_s = value,
-        SEND_QUEUE_TIME => b.send_queue_s = value,
-        CONNECTION_TIME => b.inbound_conn_s = value,
-        LOOP_CPU_TIME => b.loop_cpu_s = value,
-        LOOP_DELAY_TIME => b.loop_delay_s = value,
-        GC_PAUSE_TIME => b.gc_pause_s = value,
-        GC_CPU_TIME => b.gc_thread_cpu_s = value,
-        CPU_CAPACITY_TIME => b.capacity_core_s = value,
-        CPU_THROTTLED_TIME => b.throttled_s = value,
-        CPU_PRESSURE_TIME => b.cpu_pressure_s = value,
-        THREAD_BLOCKED_TIME => b.blocked_lock_s = value,
-        THREAD_BUSIEST_TIME => {
-            b.busiest_thread_busy_s = value;
-            b.busiest_thread = attr(ATTR_THREAD_NAME)
-                .filter(|n| !n.is_empty())
-                .map(|n| bounded(&n));
-        }
-        SOCKET_SAMPLES => {
-            // Counts are whole numbers; the cast saturates on absurd values.
-            let n = value.round() as u64;
-            match need(ATTR_SAMPLE_OUTCOME)?.as_str() {
-                "ambiguous" => {
-                    let certain = b.socket_samples.saturating_sub(b.ambiguous_samples);
-                    b.ambiguous_samples = n;
-                    b.socket_samples = certain.saturating_add(n);
-                }
-                "certain" => {
-                    b.socket_samples = n.saturating_add(b.ambiguous_samples);
-                }
-                _ => {
-                    return Err(WireError::BadAttribute {
-                        metric,
-                        attr: ATTR_SAMPLE_OUTCOME,
-                    })
-                }
-            }
         }
         MEMORY_RSS => {} // a gauge, not a budget counter; receivers keep it per instance
         NOTE => {
