@@ -4,7 +4,8 @@
 //! and three renderers of it ([`json`], [`markdown`], [`html`]); the renderers print the model's
 //! numbers and compute none, so a figure in the HTML is the JSON's figure. The agent calls this
 //! for `report` and `diagnose --report`; the collector for `GET /api/v1/services/{s}/report`.
-//! The model and its sources: `docs/report.md` and `shared/research/rewrite-model.md`.
+//! The model: `docs/report.md`; each profile number's source: the comment above it in
+//! `core/profiles/*.toml`.
 
 pub mod format;
 pub mod html;

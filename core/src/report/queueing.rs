@@ -1,8 +1,9 @@
 //! Queueing formulas for the projection: Erlang C (M/M/c) for time waiting for a CPU at a new
 //! utilisation, and for time waiting for a worker or connection of a pool.
 //!
-//! Sources: octave.sourceforge.io/queueing/function/erlangc.html (Erlang C), and
-//! `shared/research/rewrite-model.md` §3 (Little's law, pool waiting).
+//! Sources: octave.sourceforge.io/queueing/function/erlangc.html (Erlang C); pool waiting is the
+//! same formula with the pool's connections as servers and Little's law (offered load = rate ×
+//! hold time), as `docs/report.md` ("Queueing") describes.
 
 /// More servers than this are not iterated over (see [`erlang_c`]).
 pub const MAX_SERVERS: u32 = 100_000;
