@@ -1,6 +1,6 @@
 //! Collector ingest benchmark: prints figures, asserts nothing about time.
 //!
-//! `cargo bench -p scalewise-collector --features server --bench ingest`
+//! `cargo bench -p scalewise-collector --bench ingest`
 //!
 //! 1. Throughput: OTLP protobuf bodies (100 resources each, as an OpenTelemetry Collector batch
 //!    would send) decoded and taken in on one thread: data points per second per core, with the

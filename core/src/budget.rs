@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::wire::counters::{Merge, COUNTERS};
+
 /// Where the total request time `R` came from.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -115,19 +117,27 @@ impl Budget {
         self.cpu_s + self.gc_thread_cpu_s
     }
 
-    /// Adds another part of the same service over the same window (another process or agent).
+    /// Adds another part of the same service over the same window (another process or agent):
+    /// each counter as its row in [`COUNTERS`] says (most add; the sampled time and the busiest
+    /// thread take the larger part's), dependencies by endpoint, notes once each.
     pub fn merge(&mut self, other: &Budget) {
-        self.window_s = self.window_s.max(other.window_s);
-        self.request_s += other.request_s;
-        self.requests += other.requests;
+        // All values first: the socket-sample rows read each other's fields.
+        let merged: Vec<f64> = COUNTERS
+            .iter()
+            .map(|c| match c.merge {
+                Merge::Add => (c.get)(self) + (c.get)(other),
+                Merge::Max => (c.get)(self).max((c.get)(other)),
+            })
+            .collect();
+        if other.busiest_thread_busy_s > self.busiest_thread_busy_s {
+            self.busiest_thread = other.busiest_thread.clone();
+        }
+        for (c, v) in COUNTERS.iter().zip(merged) {
+            (c.set)(self, v);
+        }
         if self.request_source == RequestSource::None {
             self.request_source = other.request_source;
         }
-        self.cpu_s += other.cpu_s;
-        self.gc_s += other.gc_s;
-        self.cpu_wait_s += other.cpu_wait_s;
-        self.loop_cpu_s += other.loop_cpu_s;
-        self.loop_delay_s += other.loop_delay_s;
         for (endpoint, dep) in &other.downstream {
             let mine = self
                 .downstream
@@ -139,22 +149,6 @@ impl Budget {
                 });
             mine.awaiting_s += dep.awaiting_s;
         }
-        self.gc_pause_s += other.gc_pause_s;
-        self.gc_thread_cpu_s += other.gc_thread_cpu_s;
-        self.capacity_core_s += other.capacity_core_s;
-        self.throttled_s += other.throttled_s;
-        self.cpu_pressure_s += other.cpu_pressure_s;
-        self.blocked_lock_s += other.blocked_lock_s;
-        self.queued_s += other.queued_s;
-        self.loop_queued_s += other.loop_queued_s;
-        self.inbound_conn_s += other.inbound_conn_s;
-        self.send_queue_s += other.send_queue_s;
-        if other.busiest_thread_busy_s > self.busiest_thread_busy_s {
-            self.busiest_thread_busy_s = other.busiest_thread_busy_s;
-            self.busiest_thread = other.busiest_thread.clone();
-        }
-        self.socket_samples += other.socket_samples;
-        self.ambiguous_samples += other.ambiguous_samples;
         for note in &other.notes {
             if !self.notes.contains(note) {
                 self.notes.push(note.clone());
@@ -162,7 +156,8 @@ impl Budget {
         }
     }
 
-    /// The window from `earlier` to `self`, both cumulative snapshots of the same counters.
+    /// The window from `earlier` to `self`, both cumulative snapshots of the same counters: every
+    /// row of [`COUNTERS`] as a difference, as the collector's windows count them.
     ///
     /// Returns `None` when any counter went backwards (the source restarted): a reset has no
     /// meaningful difference, and a negative share would be a lie.
@@ -176,13 +171,21 @@ impl Budget {
                 Some(v.max(0.0))
             }
         }
-        let mut downstream = BTreeMap::new();
+        let mut out = Budget {
+            request_source: self.request_source,
+            busiest_thread: self.busiest_thread.clone(),
+            notes: self.notes.clone(),
+            ..Budget::default()
+        };
+        for c in &COUNTERS {
+            (c.set)(&mut out, d((c.get)(self), (c.get)(earlier))?);
+        }
         for (endpoint, dep) in &self.downstream {
             let then = earlier
                 .downstream
                 .get(endpoint)
                 .map_or(0.0, |e| e.awaiting_s);
-            downstream.insert(
+            out.downstream.insert(
                 endpoint.clone(),
                 DependencyTime {
                     awaiting_s: d(dep.awaiting_s, then)?,
@@ -190,36 +193,7 @@ impl Budget {
                 },
             );
         }
-        Some(Budget {
-            window_s: d(self.window_s, earlier.window_s)?,
-            request_s: d(self.request_s, earlier.request_s)?,
-            requests: d(self.requests, earlier.requests)?,
-            request_source: self.request_source,
-            cpu_s: d(self.cpu_s, earlier.cpu_s)?,
-            gc_s: d(self.gc_s, earlier.gc_s)?,
-            cpu_wait_s: d(self.cpu_wait_s, earlier.cpu_wait_s)?,
-            loop_cpu_s: d(self.loop_cpu_s, earlier.loop_cpu_s)?,
-            loop_delay_s: d(self.loop_delay_s, earlier.loop_delay_s)?,
-            downstream,
-            gc_pause_s: d(self.gc_pause_s, earlier.gc_pause_s)?,
-            gc_thread_cpu_s: d(self.gc_thread_cpu_s, earlier.gc_thread_cpu_s)?,
-            capacity_core_s: d(self.capacity_core_s, earlier.capacity_core_s)?,
-            throttled_s: d(self.throttled_s, earlier.throttled_s)?,
-            cpu_pressure_s: d(self.cpu_pressure_s, earlier.cpu_pressure_s)?,
-            blocked_lock_s: d(self.blocked_lock_s, earlier.blocked_lock_s)?,
-            queued_s: d(self.queued_s, earlier.queued_s)?,
-            loop_queued_s: d(self.loop_queued_s, earlier.loop_queued_s)?,
-            inbound_conn_s: d(self.inbound_conn_s, earlier.inbound_conn_s)?,
-            send_queue_s: d(self.send_queue_s, earlier.send_queue_s)?,
-            // A maximum has no difference; the later snapshot's is the best we have.
-            busiest_thread_busy_s: self.busiest_thread_busy_s,
-            busiest_thread: self.busiest_thread.clone(),
-            socket_samples: self.socket_samples.checked_sub(earlier.socket_samples)?,
-            ambiguous_samples: self
-                .ambiguous_samples
-                .checked_sub(earlier.ambiguous_samples)?,
-            notes: self.notes.clone(),
-        })
+        Some(out)
     }
 }
 
@@ -250,21 +224,33 @@ mod tests {
     }
 
     #[test]
-    fn merge_adds_and_since_subtracts() {
+    fn merge_adds_counters_and_keeps_the_largest_maximum() {
         let a = sample();
         let mut two = a.clone();
         two.merge(&a);
         assert_eq!(two.request_s, 80.0);
         assert_eq!(two.downstream_s(), 60.0);
         assert_eq!(two.window_s, 10.0);
-        let w = two.since(&a).expect("no reset");
-        assert_eq!(w.request_s, 40.0);
-        assert_eq!(w.downstream_s(), 30.0);
+        let mut busier = a.clone();
+        busier.busiest_thread_busy_s = 4.0;
+        busier.busiest_thread = Some("w-1".into());
+        busier.socket_samples = 10;
+        busier.ambiguous_samples = 3;
+        two.merge(&busier);
+        assert_eq!(two.busiest_thread_busy_s, 4.0);
+        assert_eq!(two.busiest_thread.as_deref(), Some("w-1"));
+        assert_eq!((two.socket_samples, two.ambiguous_samples), (10, 3));
+        assert_eq!(two.window_s, 10.0);
     }
 
     #[test]
-    fn since_refuses_a_reset() {
+    fn since_subtracts_and_refuses_a_reset() {
         let a = sample();
+        let mut two = a.clone();
+        two.merge(&a);
+        let w = two.since(&a).expect("no reset");
+        assert_eq!(w.request_s, 40.0);
+        assert_eq!(w.downstream_s(), 30.0);
         let mut restarted = a.clone();
         restarted.cpu_s = 1.0;
         assert!(restarted.since(&a).is_none());

@@ -142,7 +142,7 @@ mod tests {
 
     #[test]
     fn the_postmortem_figures_from_the_research_note() {
-        // 4 cores, 2,000 req/s: research/rewrite-model.md §3 computes Wq at ρ = 0.70, 0.85, 0.95
+        // 4 cores, 2,000 req/s: the queueing model (docs/report.md) gives Wq at ρ = 0.70, 0.85, 0.95
         // as 0.50, 1.95 and 8.5 ms (service time ρ·4/2000 s).
         for (rho, expect) in [(0.70, 0.50), (0.85, 1.95), (0.95, 8.5)] {
             let s_ms = rho * 4.0 / 2000.0 * 1000.0;

@@ -11,8 +11,9 @@
 //! `downstream` component (their sum, sent for dashboards), the request source and the busiest
 //! thread's name (attributes of rows), memory and notes (gauges, not counters).
 //!
-//! Adding a counter: a field in [`Budget`] (with `merge` and `since`), a wire metric name in
-//! [`super`] (and in `METRICS`), a row at the end of [`COUNTERS`], a line in `docs/metrics.md`.
+//! Adding a counter: a field in [`Budget`], a wire metric name in [`super`] (and in `METRICS`), a
+//! row at the end of [`COUNTERS`], a line in `docs/metrics.md`. Nothing else maps counters: the
+//! tests here and the counter walk (`collector/tests/counter_walk.rs`) fail on a row left out.
 
 use super::*;
 use crate::budget::Budget;
@@ -29,8 +30,18 @@ pub struct Counter {
     pub prom: &'static str,
     pub prom_label: Option<(&'static str, &'static str)>,
     pub help: &'static str,
+    /// How two parts of one service over the same window combine ([`Budget::merge`]).
+    pub merge: Merge,
     pub get: fn(&Budget) -> f64,
     pub set: fn(&mut Budget, f64),
+}
+
+/// How a counter of two parts of one service (processes, instances) combines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Merge {
+    Add,
+    /// The larger part's: the sampled wall time (parts run side by side), the busiest thread.
+    Max,
 }
 
 /// Slots of the fixed counters, named for code that reads one directly.
@@ -68,6 +79,9 @@ fn count(v: f64) -> u64 {
 
 macro_rules! plain {
     ($wire:expr, $slot:expr, $prom:expr, $help:expr, $field:ident) => {
+        plain!($wire, $slot, $prom, $help, $field, Merge::Add)
+    };
+    ($wire:expr, $slot:expr, $prom:expr, $help:expr, $field:ident, $merge:expr) => {
         Counter {
             wire: $wire,
             wire_attr: None,
@@ -75,6 +89,7 @@ macro_rules! plain {
             prom: $prom,
             prom_label: None,
             help: $help,
+            merge: $merge,
             get: |b| b.$field,
             set: |b, v| b.$field = v,
         }
@@ -90,6 +105,7 @@ macro_rules! component {
             prom: "scalewise_request_component_time_seconds_total",
             prom_label: Some(("component", $name)),
             help: "Request-seconds per component.",
+            merge: Merge::Add,
             get: |b| b.$field,
             set: |b, v| b.$field = v,
         }
@@ -103,7 +119,8 @@ pub const COUNTERS: [Counter; 21] = [
         slot::SAMPLED,
         "scalewise_sampled_seconds_total",
         "Wall seconds the instance was sampled.",
-        window_s
+        window_s,
+        Merge::Max
     ),
     // Its attribute `scalewise.request.source` (label `source`) is the budget's request source.
     plain!(
@@ -172,7 +189,8 @@ pub const COUNTERS: [Counter; 21] = [
         slot::BUSIEST,
         "scalewise_thread_busiest_seconds_total",
         "Busy seconds of the busiest thread, summed over sampling intervals.",
-        busiest_thread_busy_s
+        busiest_thread_busy_s,
+        Merge::Max
     ),
     // The budget keeps the total and the ambiguous part; the wire, certain and ambiguous.
     Counter {
@@ -182,6 +200,7 @@ pub const COUNTERS: [Counter; 21] = [
         prom: "scalewise_socket_samples_total",
         prom_label: Some(("outcome", "certain")),
         help: "Connection samples taken.",
+        merge: Merge::Add,
         get: |b| b.socket_samples.saturating_sub(b.ambiguous_samples) as f64,
         set: |b, v| b.socket_samples = count(v).saturating_add(b.ambiguous_samples),
     },
@@ -192,6 +211,7 @@ pub const COUNTERS: [Counter; 21] = [
         prom: "scalewise_socket_samples_total",
         prom_label: Some(("outcome", "ambiguous")),
         help: "Connection samples taken.",
+        merge: Merge::Add,
         get: |b| b.ambiguous_samples as f64,
         set: |b, v| {
             let certain = b.socket_samples.saturating_sub(b.ambiguous_samples);
