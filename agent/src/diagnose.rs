@@ -10,7 +10,7 @@ use crate::session::{ErrorCounts, Session, SessionConfig, SessionError};
 
 /// A whole `diagnose` run's output: the contract's `services`, plus the agent's own health.
 #[derive(Clone, Debug, Serialize)]
-pub struct Report {
+pub struct DiagnoseOutput {
     pub services: Vec<Diagnosis>,
     pub agent: AgentHealth,
 }
@@ -64,7 +64,7 @@ pub fn run(
     duration: Duration,
     thresholds: &Thresholds,
     progress: &mut dyn FnMut(&str),
-) -> Result<Report, SessionError> {
+) -> Result<DiagnoseOutput, SessionError> {
     run_with_spans(cfg, service, duration, thresholds, None, progress)
 }
 
@@ -83,7 +83,7 @@ pub fn run_with_spans(
     thresholds: &Thresholds,
     spans: Option<SpanSource<'_>>,
     progress: &mut dyn FnMut(&str),
-) -> Result<Report, SessionError> {
+) -> Result<DiagnoseOutput, SessionError> {
     let interval = cfg.sample_interval;
     let given_name = service.clone();
     let names = crate::deps::DependencyNames::new(&cfg.dependencies);
@@ -158,7 +158,7 @@ pub fn run_with_spans(
         crate::runtime::resident_bytes(&proc_root, &session.pids()).or(memory_at_start);
     let mut agent = health(&session.errors);
     agent.otlp = otlp;
-    Ok(Report {
+    Ok(DiagnoseOutput {
         services: vec![d],
         agent,
     })
