@@ -87,7 +87,10 @@ pub fn run_with_spans(
     let interval = cfg.sample_interval;
     let given_name = service.clone();
     let names = crate::deps::DependencyNames::new(&cfg.dependencies);
-    let mut service = service.unwrap_or_else(|| default_service_name(&cfg.proc_root, cfg.pids[0]));
+    let Some(&first_pid) = cfg.pids.first() else {
+        return Err(SessionError::NoPids);
+    };
+    let mut service = service.unwrap_or_else(|| default_service_name(&cfg.proc_root, first_pid));
     // For the rewrite report: the runtime while the processes surely live, memory at the end.
     let proc_root = cfg.proc_root.clone();
     let runtime = crate::runtime::detect(&proc_root, &cfg.pids);
@@ -162,4 +165,21 @@ pub fn run_with_spans(
         services: vec![d],
         agent,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_pids_is_an_error_not_a_panic() {
+        let out = run(
+            SessionConfig::new(Vec::new()),
+            None,
+            Duration::from_secs(1),
+            &Thresholds::default(),
+            &mut |_| {},
+        );
+        assert!(matches!(out, Err(SessionError::NoPids)), "{out:?}");
+    }
 }
