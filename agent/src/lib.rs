@@ -21,6 +21,7 @@ pub mod runtime;
 pub mod session;
 pub mod sockdiag;
 pub mod spans;
+pub mod stop;
 pub mod tls;
 
 pub mod sampler {

@@ -43,6 +43,10 @@ enum Format {
 enum Cmd {
     /// Sample a running service for a while and print where its request time goes.
     ///
+    /// Ctrl-C (or SIGTERM) ends the window early: the diagnosis over the time sampled so far is
+    /// printed and the --report files written, as at a normal end (exit 0), and the evidence says
+    /// the window was cut short. A second Ctrl-C aborts at once (exit 130).
+    ///
     /// Example: scalewise-agent diagnose --pid 1234 --duration 20
     Diagnose {
         /// A process of the service; repeat for a service made of several processes.
@@ -51,7 +55,8 @@ enum Cmd {
         /// Service name in the report (default: the first process's command name).
         #[arg(long)]
         service: Option<String>,
-        /// How long to sample, in seconds. Longer windows give more confident answers.
+        /// How long to sample, in seconds. Longer windows give more confident answers. Ctrl-C
+        /// ends the window sooner, with the diagnosis of what was sampled.
         #[arg(
             long,
             default_value_t = 20.0,
@@ -288,6 +293,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ..GcOptions::default()
             };
             let spans = otlp.start()?;
+            // Ctrl-C (or SIGTERM) closes the window early; a second one aborts.
+            scalewise_agent::stop::install()?;
             let report = scalewise_agent::diagnose::run_with_spans(
                 cfg,
                 service,
@@ -299,6 +306,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         spans,
                         flush_wait: Duration::from_secs_f64(otlp.otlp_flush_wait),
                     }),
+                &scalewise_agent::diagnose::Stop {
+                    requested: &scalewise_agent::stop::requested,
+                    hint: "Ctrl-C again to abort",
+                },
                 &mut |line| {
                     if !quiet {
                         eprintln!("{line}");

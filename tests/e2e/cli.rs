@@ -37,6 +37,7 @@ fn bad_flags_say_what_is_wrong() {
         "--dependency",
         "--format",
         "--metrics-url",
+        "Ctrl-C",
     ] {
         assert!(help.contains(word), "--help lacks {word}");
     }
@@ -197,4 +198,115 @@ fn one_request_per_connection_in_a_pod_network_namespace() {
         "{d:#}"
     );
     assert!((local - t.shares().local_wait).abs() <= 0.10, "{d:#}");
+}
+
+/// Sends `sig` to a child by pid.
+fn signal(child: &std::process::Child, sig: libc::c_int) {
+    // SAFETY: signalling our own child by pid.
+    let rc = unsafe { libc::kill(child.id() as libc::pid_t, sig) };
+    assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
+}
+
+/// Waits at most `max` for a child to exit; kills it and fails the test if it does not.
+fn exits_within(child: &mut std::process::Child, max: std::time::Duration) -> std::time::Duration {
+    let start = std::time::Instant::now();
+    while start.elapsed() < max {
+        if let Ok(Some(_)) = child.try_wait() {
+            return start.elapsed();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("the agent did not exit within {max:?} of the signal");
+}
+
+#[test]
+fn ctrl_c_ends_the_window_early_with_the_diagnosis_so_far() {
+    use std::process::Stdio;
+    use std::time::Duration;
+    let _x = exclusive();
+    let svc = Service::workload(&["serve", "--workers", "8", "--cpu-ms", "1", "--lock-ms", "5"])
+        .expect("service");
+    let _load = Load::start(svc.port, 8, 30.0, 0.0).expect("load");
+    std::thread::sleep(Duration::from_secs(1));
+    let dir = scalewise_e2e::harness::temp_dir("ctrlc").expect("temp dir");
+    let report = dir.join("report.md");
+    let mut child = Command::new(agent_bin())
+        .args(["diagnose", "--pid", &svc.pid.to_string()])
+        .args(["--duration", "60", "--format", "json", "--report"])
+        .arg(&report)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("agent");
+    std::thread::sleep(Duration::from_secs(8));
+    signal(&child, libc::SIGINT);
+    let took = exits_within(&mut child, Duration::from_secs(3));
+    let out = child.wait_with_output().expect("output");
+    let err = String::from_utf8_lossy(&out.stderr);
+    eprintln!("exited {took:?} after SIGINT");
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("stopping: finishing the window at") && err.contains("Ctrl-C again to abort"),
+        "{err}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let d = &v["services"][0];
+    let window = d["window_s"].as_f64().unwrap_or(0.0);
+    assert!((6.0..=11.0).contains(&window), "window {window}: {d:#}");
+    assert_eq!(d["verdict"], "scale_out", "{d:#}");
+    assert!(
+        d["evidence"]
+            .to_string()
+            .contains("window cut short by SIGINT at"),
+        "{d:#}"
+    );
+    let written = std::fs::metadata(&report).map(|m| m.len()).unwrap_or(0);
+    assert!(written > 0, "no report at {}: {err}", report.display());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_second_ctrl_c_aborts_at_once() {
+    use std::process::Stdio;
+    use std::time::Duration;
+    let _x = exclusive();
+    let svc = Service::workload(&["serve", "--workers", "4", "--cpu-ms", "1", "--lock-ms", "4"])
+        .expect("service");
+    let _load = Load::start(svc.port, 4, 20.0, 0.0).expect("load");
+    // A metrics endpoint that accepts connections (the kernel's backlog does) and never answers:
+    // each GC read, the window's last included, waits out its 2 s timeout, so the agent is still
+    // finishing when the second Ctrl-C comes. That is when a user presses it.
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    let url = format!("http://{}/metrics", hung.local_addr().expect("addr"));
+    let mut child = Command::new(agent_bin())
+        .args(["diagnose", "--pid", &svc.pid.to_string()])
+        .args([
+            "--duration",
+            "60",
+            "--format",
+            "json",
+            "--metrics-url",
+            &url,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("agent");
+    std::thread::sleep(Duration::from_secs(3));
+    signal(&child, libc::SIGINT);
+    std::thread::sleep(Duration::from_millis(200));
+    signal(&child, libc::SIGINT);
+    let took = exits_within(&mut child, Duration::from_secs(1));
+    let out = child.wait_with_output().expect("output");
+    eprintln!("exited {took:?} after the second SIGINT");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    drop(hung);
 }
