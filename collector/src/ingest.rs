@@ -1,5 +1,5 @@
 //! OTLP metrics in: bodies decoded (protobuf or JSON, gzip or not, bounded), then each resource's
-//! data points turned into one [`Report`]: the instance's identity and the counters it set.
+//! data points turned into one [`Received`]: the instance's identity and the counters it set.
 //!
 //! The decoding of a point is [`scalewise_core::wire::apply`], the same mapping the agent encodes with;
 //! this module only adds what OTLP carries around it (resources, timestamps, temporality) and
@@ -160,7 +160,7 @@ pub enum Target {
 
 /// One resource's data points, decoded: the instance's cumulative counters at one time.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Report {
+pub struct Received {
     pub resource: Resource,
     pub t_ms: i64,
     pub start_ns: u64,
@@ -240,7 +240,7 @@ pub fn reports(
     req: &ExportMetricsServiceRequest,
     now_ms: i64,
     limits: &Limits,
-) -> (Vec<Report>, Rejected, u64) {
+) -> (Vec<Received>, Rejected, u64) {
     let mut out = Vec::new();
     let mut rejected = Rejected::default();
     let mut total = 0u64;
@@ -299,10 +299,10 @@ pub fn reports(
             runtime: attr(res_attrs, "process.runtime.name").map(&mut bound),
             runtime_version: attr(res_attrs, "process.runtime.version").map(&mut bound),
         };
-        let mut report = Report {
+        let mut report = Received {
             resource,
             cut_labels,
-            ..Report::default()
+            ..Received::default()
         };
         let mut t_max = 0u64;
         let mut start_min = u64::MAX;

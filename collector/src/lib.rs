@@ -18,6 +18,7 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod conn;
+pub mod duration;
 pub mod grpc;
 pub mod ingest;
 pub mod limits;

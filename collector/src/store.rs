@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::ingest::{Report, Resource, Target};
+use crate::ingest::{Received, Resource, Target};
 use crate::limits::Limits;
 use crate::window::{InstanceMeta, Snapshot, N_FIXED};
 
@@ -83,7 +83,7 @@ impl Memory {
     }
 
     /// Takes one decoded report in.
-    pub fn ingest(&mut self, r: Report, limits: &Limits) -> Outcome {
+    pub fn ingest(&mut self, r: Received, limits: &Limits) -> Outcome {
         let mut out = Outcome::default();
         let points = r.sets.len() as u64;
         if !self.services.contains_key(&r.resource.service)
@@ -284,8 +284,8 @@ mod tests {
     use super::*;
     use crate::window::slot;
 
-    fn report(service: &str, instance: &str, t_s: i64, request: f64) -> Report {
-        Report {
+    fn report(service: &str, instance: &str, t_s: i64, request: f64) -> Received {
+        Received {
             resource: Resource {
                 service: service.into(),
                 instance: instance.into(),
@@ -294,7 +294,7 @@ mod tests {
             t_ms: t_s * 1000,
             start_ns: 1,
             sets: vec![(Target::Fixed(slot::REQUEST), request)],
-            ..Report::default()
+            ..Received::default()
         }
     }
 
