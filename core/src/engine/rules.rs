@@ -112,7 +112,8 @@ fn cpu_saturated(f: &Facts, evidence: &mut Vec<String>) -> Call {
 /// starvation or in-process waiting.
 fn hot_thread(f: &Facts, evidence: &mut Vec<String>) -> Call {
     let (b, t, window) = (f.b, f.t, f.m.window);
-    // Not capped at 1 like the load's figure: the rules have always read it uncapped.
+    // Uncapped, unlike `Measures::busiest` (the load and the event-loop test read that one): kept
+    // as the rule has always read it, so the output does not change.
     let busiest = if window > 0.0 {
         b.busiest_thread_busy_s / window
     } else {
