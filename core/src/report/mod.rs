@@ -6,14 +6,26 @@
 //! for `report` and `diagnose --report`; the collector for `GET /api/v1/services/{s}/report`.
 //! The model: `docs/report.md`; each profile number's source: the comment above it in
 //! `core/profiles/*.toml`.
+//!
+//! The model's steps are private modules, one reason each: `baseline` (the measurement in the
+//! report's units), `options` (what each option changes, and when it is worth proposing),
+//! `scenario` (the queueing model at an option's operating point), `projection` (an option's
+//! ranges), `recommend` (ranking and the recommendation's sentence), `assumptions` (what the
+//! report took as given).
 
+mod assumptions;
+mod baseline;
 pub mod format;
 pub mod html;
 pub mod json;
 pub mod markdown;
 pub mod model;
+mod options;
 pub mod profiles;
+mod projection;
 pub mod queueing;
+mod recommend;
+mod scenario;
 
 use serde::{Deserialize, Serialize};
 

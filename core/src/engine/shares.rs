@@ -1,0 +1,96 @@
+//! Request time split into shares: the breakdown and each dependency's share. This is the one
+//! place where sampled components (CPU, GC, waiting for a CPU) and measured ones (downstream) are
+//! reconciled with the request time R, so every later figure uses the same scale.
+
+use super::measures::Measures;
+use super::{Breakdown, DependencyShare, Thresholds};
+use crate::budget::{Budget, RequestSource};
+
+pub(super) struct Shares {
+    /// Requests unread in socket buffers were waiting for event-loop threads' CPU, and are
+    /// counted in `cpu_wait` (see [`split`]).
+    pub(super) queued_is_cpu: bool,
+    /// Downstream request-seconds.
+    pub(super) down: f64,
+    /// Sampled plus downstream request-seconds, before scaling into R.
+    pub(super) known: f64,
+    /// Spans measured downstream time exactly (and it fits in R): only the sampled side scales.
+    pub(super) spans_exact: bool,
+    /// The components overflowed R by more than sampling noise: the shares were normalised.
+    pub(super) normalised: bool,
+    /// Unrounded; the output rounds it.
+    pub(super) breakdown: Breakdown,
+    /// Largest share first; unrounded.
+    pub(super) dependencies: Vec<DependencyShare>,
+}
+
+pub(super) fn split(b: &Budget, t: &Thresholds, m: &Measures) -> Shares {
+    let r = m.r;
+    // Requests waiting unread in socket buffers wait for whoever reads them. In a process whose
+    // event-loop threads do most of its work (Node, Redis, nginx, Go, tokio), that is the loop
+    // thread's CPU: the same kind of wait as run-queue delay, and counted with it (less the
+    // loop's own run-queue delay, which already stands for one of those requests). Where the
+    // loop only dispatches to a pool of workers (JDK HttpServer, Netty with a business pool), or
+    // in a thread-per-connection server, they wait for a free worker: in-process waiting.
+    // A loop saturated to the point of never being caught waiting in epoll is the busiest thread.
+    let queued_is_cpu = b.loop_queued_s > 0.0
+        && (b.loop_cpu_s >= t.loop_cpu_share * b.cpu_s || m.busiest >= t.hot_thread);
+    let cpu_wait_s = b.cpu_wait_s
+        + if queued_is_cpu {
+            (b.loop_queued_s - b.loop_delay_s).max(0.0)
+        } else {
+            0.0
+        };
+    // Components in request-seconds; local_wait is what is left of R.
+    let down = b.downstream_s();
+    let sampled = b.cpu_s + b.gc_s + cpu_wait_s;
+    let known = sampled + down;
+    // Spans measure downstream time exactly (client spans inside server spans); what overflows R
+    // then is the sampled side (an event loop's CPU for other requests overlaps this one's
+    // waits), so only that is scaled, into what the spans leave. Otherwise everything is.
+    let spans_exact = b.request_source == RequestSource::Spans && down <= r;
+    let (scale, down_scale) = if r > 0.0 && known > r {
+        if spans_exact && sampled > 0.0 {
+            ((r - down) / sampled, 1.0)
+        } else {
+            (r / known, r / known)
+        }
+    } else {
+        (1.0, 1.0)
+    };
+    // A few percent over is sampling noise; beyond that the model does not fit and is said so.
+    let normalised = r > 0.0 && known > r * 1.05;
+    let share = |x: f64| if r > 0.0 { x * scale / r } else { 0.0 };
+    let down_share = |x: f64| if r > 0.0 { x * down_scale / r } else { 0.0 };
+    let breakdown = Breakdown {
+        cpu: share(b.cpu_s),
+        gc: share(b.gc_s),
+        cpu_wait: share(cpu_wait_s),
+        downstream: down_share(down),
+        local_wait: if r > 0.0 {
+            ((r - sampled * scale - down * down_scale) / r).max(0.0)
+        } else {
+            0.0
+        },
+    };
+    let mut dependencies: Vec<DependencyShare> = b
+        .downstream
+        .iter()
+        .map(|(endpoint, d)| DependencyShare {
+            endpoint: endpoint.clone(),
+            kind: d.kind.clone(),
+            name: d.name.clone(),
+            share: down_share(d.awaiting_s),
+        })
+        .collect();
+    dependencies.sort_by(|a, b| b.share.total_cmp(&a.share));
+    Shares {
+        queued_is_cpu,
+        down,
+        known,
+        spans_exact,
+        normalised,
+        breakdown,
+        dependencies,
+    }
+}
