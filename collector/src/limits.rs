@@ -64,17 +64,8 @@ impl Default for Limits {
     }
 }
 
-/// Cuts `s` to at most `max` bytes at a character boundary; says whether it cut.
-pub fn bound_label(s: &str, max: usize) -> (String, bool) {
-    if s.len() <= max {
-        return (s.to_string(), false);
-    }
-    let mut end = max;
-    while end > 0 && !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    (s[..end].to_string(), true)
-}
+/// A label value cut to `max` bytes, and whether it was cut.
+pub use scalewise_core::text::cut as bound_label;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum InflateError {

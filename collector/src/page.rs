@@ -8,20 +8,7 @@ use crate::app::{History, ServiceSummary, ServiceView};
 use scalewise_core::engine::{Breakdown, Verdict};
 
 /// HTML-escapes text for element content and quoted attribute values.
-pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            _ => out.push(c),
-        }
-    }
-    out
-}
+pub use scalewise_core::text::escape_html as escape;
 
 /// Percent-encodes a path segment (a service name in a link).
 pub fn path_segment(s: &str) -> String {

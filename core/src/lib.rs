@@ -10,6 +10,7 @@ pub mod budget;
 pub mod decoded;
 pub mod engine;
 pub mod report;
+pub mod text;
 pub mod wire;
 
 pub use budget::{Budget, DependencyTime, RequestSource};

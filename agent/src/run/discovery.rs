@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use procfs::process::{FDTarget, Process};
 use regex::Regex;
+use scalewise_core::wire::bounded;
 
 /// What to watch.
 #[derive(Clone, Debug)]
@@ -171,10 +172,6 @@ fn percent_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
-}
-
-fn bounded(s: &str) -> String {
-    scalewise_core::wire::bounded(s)
 }
 
 /// Reads at most [`ENVIRON_MAX`] bytes of a process's environment, giving up after

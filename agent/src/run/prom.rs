@@ -121,8 +121,8 @@ fn self_usage() -> Option<(f64, f64)> {
     let me = procfs::process::Process::myself().ok()?;
     let stat = me.stat().ok()?;
     let cpu = (stat.utime + stat.stime) as f64 / procfs::ticks_per_second() as f64;
-    let rss = me.statm().ok()?.resident as f64 * procfs::page_size() as f64;
-    Some((cpu, rss))
+    let rss = crate::runtime::resident_bytes(std::path::Path::new("/proc"), &[std::process::id()])?;
+    Some((cpu, rss as f64))
 }
 
 /// The whole exposition, from the latest snapshots.

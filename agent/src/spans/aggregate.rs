@@ -167,14 +167,7 @@ pub struct SpanAggregate {
 }
 
 fn cut(s: &str) -> String {
-    if s.len() <= MAX_NAME_LEN {
-        return s.to_string();
-    }
-    let mut end = MAX_NAME_LEN;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_string()
+    scalewise_core::text::cut(s, MAX_NAME_LEN).0
 }
 
 fn attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a Value> {

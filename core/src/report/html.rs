@@ -29,20 +29,7 @@ fn part(c: &Components, key: &str) -> f64 {
 }
 
 /// Escapes text for HTML content and attribute values.
-pub fn esc(s: &str) -> String {
-    let mut o = String::with_capacity(s.len());
-    for ch in s.chars() {
-        match ch {
-            '&' => o.push_str("&amp;"),
-            '<' => o.push_str("&lt;"),
-            '>' => o.push_str("&gt;"),
-            '"' => o.push_str("&quot;"),
-            '\'' => o.push_str("&#39;"),
-            c => o.push(c),
-        }
-    }
-    o
-}
+pub use crate::text::escape_html as esc;
 
 const CSS: &str = r#"
 :root { --ink: #1d232b; --muted: #5b6573; --rule: #d8dde3; --bg: #ffffff; --panel: #f5f7f9;

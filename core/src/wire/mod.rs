@@ -198,14 +198,7 @@ pub fn budget_points(b: &Budget) -> Vec<WirePoint> {
 
 /// Cuts a value to [`MAX_ATTR_LEN`] bytes at a character boundary.
 pub fn bounded(s: &str) -> String {
-    if s.len() <= MAX_ATTR_LEN {
-        return s.to_string();
-    }
-    let mut end = MAX_ATTR_LEN;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_string()
+    crate::text::cut(s, MAX_ATTR_LEN).0
 }
 
 /// Why a data point was not taken into a budget.
