@@ -8,9 +8,12 @@
 use std::path::{Path, PathBuf};
 
 use scalewise_core::engine::Diagnosis;
-use scalewise_core::report::{self, Format, ReportOptions};
+use scalewise_core::report::{self, Format};
 use scalewise_core::{diagnose, Budget, Thresholds};
 use serde::Deserialize;
+
+mod common;
+use common::CaseOptions;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests")
@@ -76,17 +79,6 @@ fn engine_output_is_unchanged() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-#[derive(Deserialize, Default)]
-struct CaseOptions {
-    #[serde(default)]
-    targets: Vec<String>,
-    current: Option<String>,
-    peak_rps: Option<f64>,
-    instances: Option<f64>,
-    price_core_hour: Option<f64>,
-    price_gib_hour: Option<f64>,
-}
-
 #[derive(Deserialize)]
 struct ReportCase {
     #[serde(default)]
@@ -102,16 +94,7 @@ fn report_output_is_unchanged() {
     for f in &files {
         let text = std::fs::read_to_string(f).expect("read");
         let case: ReportCase = toml::from_str(&text).expect("case");
-        let c = &case.options;
-        let opts = ReportOptions {
-            targets: c.targets.clone(),
-            current: c.current.clone(),
-            peak_rps: c.peak_rps,
-            instances: c.instances,
-            price_core_hour: c.price_core_hour,
-            price_gib_hour: c.price_gib_hour,
-            ..ReportOptions::default()
-        };
+        let opts = case.options.report_options();
         for (format, ext) in [
             (Format::Json, "json"),
             (Format::Md, "md"),

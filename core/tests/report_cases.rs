@@ -5,20 +5,11 @@
 use std::collections::BTreeMap;
 
 use scalewise_core::engine::Diagnosis;
-use scalewise_core::report::{self, Format, ReportOptions};
+use scalewise_core::report::{self, Format};
 use serde::Deserialize;
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct CaseOptions {
-    #[serde(default)]
-    targets: Vec<String>,
-    current: Option<String>,
-    peak_rps: Option<f64>,
-    instances: Option<f64>,
-    price_core_hour: Option<f64>,
-    price_gib_hour: Option<f64>,
-}
+mod common;
+use common::CaseOptions;
 
 /// `deny_unknown_fields` cannot sit beside `flatten`: an unknown check key fails in `value`.
 #[derive(Deserialize)]
@@ -81,18 +72,6 @@ fn cases() -> Vec<(String, Case)> {
         .collect()
 }
 
-fn options(c: &CaseOptions) -> ReportOptions {
-    ReportOptions {
-        targets: c.targets.clone(),
-        current: c.current.clone(),
-        peak_rps: c.peak_rps,
-        instances: c.instances,
-        price_core_hour: c.price_core_hour,
-        price_gib_hour: c.price_gib_hour,
-        ..ReportOptions::default()
-    }
-}
-
 fn at(v: &serde_json::Value, path: &str) -> Option<f64> {
     path.split('.').try_fold(v, |v, k| v.get(k))?.as_f64()
 }
@@ -122,7 +101,7 @@ fn value(opt: &serde_json::Value, current: &serde_json::Value, key: &str) -> Opt
 fn report_cases() {
     let mut failures = Vec::new();
     for (name, case) in cases() {
-        let r = report::build(&case.diagnosis, &options(&case.options))
+        let r = report::build(&case.diagnosis, &case.options.report_options())
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         let v = serde_json::to_value(&r).expect("json");
         let mut fail = |msg: String| {
@@ -286,7 +265,7 @@ fn visible_text(html: &str) -> String {
 #[test]
 fn markdown_and_html_print_only_the_json_numbers() {
     for (name, case) in cases() {
-        let opts = options(&case.options);
+        let opts = case.options.report_options();
         let json = report::render(&case.diagnosis, &opts, Format::Json).expect("json");
         let v: serde_json::Value = serde_json::from_str(&json).expect("parse");
         let mut ok = Vec::new();
