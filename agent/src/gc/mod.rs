@@ -151,11 +151,17 @@ pub fn http_get(url: &str, timeout: Duration, max_body: usize) -> Result<Vec<u8>
     let client = CLIENT
         .get_or_init(|| {
             crate::tls::init();
-            reqwest::blocking::Client::builder()
-                .no_proxy()
-                .connect_timeout(Duration::from_secs(2))
-                .redirect(reqwest::redirect::Policy::limited(3))
+            let builder = || {
+                reqwest::blocking::Client::builder()
+                    .no_proxy()
+                    .connect_timeout(Duration::from_secs(2))
+                    .redirect(reqwest::redirect::Policy::limited(3))
+            };
+            // Without a system trust store (a minimal image), plain HTTP still works; an HTTPS
+            // endpoint then fails its handshake with that reason.
+            builder()
                 .build()
+                .or_else(|_| builder().tls_certs_only(Vec::new()).build())
                 .map_err(|e| e.to_string())
         })
         .as_ref()

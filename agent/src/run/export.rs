@@ -153,15 +153,18 @@ fn entry(meta: &InstanceMeta) -> Entry {
     }
 }
 
-/// The exporter's HTTP client: reqwest on rustls (`ring`), trusting the system roots and, for a
-/// self-signed collector, the certificates of `ca_file` too. The timeout is the client's: the
+/// The exporter's HTTP client: reqwest on rustls (`ring`). Plain HTTP needs no trust store, so
+/// none is loaded (a minimal image has none). Over HTTPS it trusts the system store and, for a
+/// self-signed collector, the certificates of `ca_file` too; with `ca_file` and no system store,
+/// those certificates alone; with neither, it says what to give. The timeout is the client's: the
 /// exporter's own applies only to a client it builds itself.
 pub fn http_client(
+    endpoint: &str,
     ca_file: Option<&std::path::Path>,
     timeout: Duration,
 ) -> Result<reqwest::Client, RunError> {
     crate::tls::init();
-    let mut builder = reqwest::Client::builder().timeout(timeout);
+    let mut certs = Vec::new();
     if let Some(path) = ca_file {
         let pem = std::fs::read(path).map_err(|source| RunError::CaRead {
             path: path.to_path_buf(),
@@ -171,15 +174,32 @@ pub fn http_client(
             path: path.to_path_buf(),
             message,
         };
-        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(e.to_string()))?;
+        certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(e.to_string()))?;
         if certs.is_empty() {
             return Err(bad("no CERTIFICATE block".to_string()));
         }
-        builder = builder.tls_certs_merge(certs);
     }
-    builder
-        .build()
-        .map_err(|e| RunError::Exporter(format!("HTTP client: {e}")))
+    let builder = || reqwest::Client::builder().timeout(timeout);
+    let exporter_error = |e: reqwest::Error| RunError::Exporter(format!("HTTP client: {e}"));
+    if !endpoint.starts_with("https://") {
+        return builder()
+            .tls_certs_only(certs)
+            .build()
+            .map_err(exporter_error);
+    }
+    match builder().tls_certs_merge(certs.clone()).build() {
+        Ok(client) => Ok(client),
+        // The system store could not be loaded: the given CA alone, or say what is missing.
+        Err(_) if !certs.is_empty() => builder()
+            .tls_certs_only(certs)
+            .build()
+            .map_err(exporter_error),
+        Err(e) => Err(RunError::NoTrustStore(
+            std::error::Error::source(&e)
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| e.to_string()),
+        )),
+    }
 }
 
 pub struct Exporter {
@@ -212,7 +232,7 @@ impl Exporter {
             headers.insert("authorization".to_string(), format!("Bearer {token}"));
         }
         let timeout = Duration::from_secs(10);
-        let client = http_client(ca_file, timeout)?;
+        let client = http_client(&endpoint, ca_file, timeout)?;
         let exporter = opentelemetry_otlp::MetricExporter::builder()
             .with_http()
             .with_http_client(client)

@@ -50,6 +50,8 @@ pub enum RunError {
     CaParse { path: PathBuf, message: String },
     #[error("cannot build the OTLP exporter: {0}")]
     Exporter(String),
+    #[error("HTTPS to the collector needs CA certificates to trust, and this system has no trust store ({0}): give the collector's CA with --collector-ca FILE, or point SSL_CERT_FILE at a PEM bundle (Debian's is /etc/ssl/certs/ca-certificates.crt)")]
+    NoTrustStore(String),
     #[error("cannot start the sampling thread: {0}")]
     Sampler(std::io::Error),
 }
