@@ -20,7 +20,7 @@ use thiserror::Error;
 use crate::cgroup::{host_cores, CpuLimits};
 use crate::deps::{DependencyNames, DependencySpec};
 use crate::gc::{GcOptions, GcSemantics, GcSource};
-use crate::procfs::{is_epoll_link, parse_epoll_fdinfo, parse_socket_link, parse_stat};
+use crate::proc_files::{is_epoll_link, parse_epoll_fdinfo, parse_socket_link, parse_stat};
 use crate::sampler::sockets::{Reader, SocketSampler, ThreadOracle, Visit};
 use crate::sampler::threads::{read_pollfds, Blocked, ThreadTable};
 
@@ -468,7 +468,7 @@ impl Session {
         let path = self.cfg.proc_root.join(pid.to_string()).join("net/snmp");
         let now = std::fs::read(path)
             .ok()
-            .and_then(|b| crate::procfs::parse_tcp_counter(&b, "PassiveOpens"))?;
+            .and_then(|b| crate::proc_files::parse_tcp_counter(&b, "PassiveOpens"))?;
         let before = self.passive_opens.replace(now)?;
         Some(now.saturating_sub(before) as f64)
     }
@@ -913,8 +913,8 @@ fn fd_table_mark(proc_pid: &Path) -> Option<FdMark> {
         return None;
     }
     let snmp = std::fs::read(proc_pid.join("net/snmp")).ok()?;
-    let opens = crate::procfs::parse_tcp_counter(&snmp, "ActiveOpens")?
-        + crate::procfs::parse_tcp_counter(&snmp, "PassiveOpens")?;
+    let opens = crate::proc_files::parse_tcp_counter(&snmp, "ActiveOpens")?
+        + crate::proc_files::parse_tcp_counter(&snmp, "PassiveOpens")?;
     Some(FdMark {
         open: meta.len(),
         owner: (meta.uid(), meta.gid()),
