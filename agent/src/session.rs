@@ -48,7 +48,7 @@ pub struct SessionConfig {
     /// Socket rounds: in-flight requests and dependency waits.
     pub sample_interval: Duration,
     /// Connections looked up per socket round at most, beyond those not known idle (see
-    /// [`crate::sampler::sockets::SocketSampler::max_lookups`]).
+    /// [`crate::sampler::sockets::SocketSampler::limit_lookups`]).
     pub max_lookups: usize,
     /// New threads, fd table, schedstat, cgroup capacity, GC sources.
     pub discovery_interval: Duration,
@@ -229,7 +229,7 @@ impl Session {
         }
         let sockets = match SocketSampler::new() {
             Ok(mut s) => {
-                s.max_lookups = cfg.max_lookups;
+                s.limit_lookups(cfg.max_lookups);
                 Some(s)
             }
             Err(e) => {
@@ -361,12 +361,12 @@ impl Session {
         }
         match result {
             Ok(round) => {
-                if !sockets.listen_ports.is_empty() {
+                if sockets.sees_listeners() {
                     self.budget.request_source = RequestSource::Sockets;
                 }
                 tracing::trace!(
                     full = round.full_dump,
-                    churn = sockets.churn,
+                    churn = sockets.churns(),
                     in_flight = round.in_flight,
                     inbound = round.inbound_conns,
                     dt,
@@ -387,16 +387,15 @@ impl Session {
                 sums[2] += dt * dt * x * x;
                 sums[3] += dt * x;
                 sums[4] += dt;
-                let (idle, p) = sockets.idle_sampled;
-                if p < 1.0 {
-                    self.idle_sampling = Some((idle, p));
+                if let Some(sample) = sockets.idle_sample() {
+                    self.idle_sampling = Some(sample);
                 }
                 // Connections that open and close between two rounds are never seen; when they
                 // churn and every listener in the namespace is the service's, the kernel's
                 // count of accepted connections is a floor on new requests.
                 let mut new_requests = round.new_requests;
                 if let Some(accepted) =
-                    self.accepted_since_last(sockets.churn && !sockets.foreign_listeners)
+                    self.accepted_since_last(sockets.churns() && !sockets.others_listen())
                 {
                     new_requests = new_requests.max(accepted);
                 }
@@ -434,12 +433,12 @@ impl Session {
                         })
                         .awaiting_s += v * dt;
                 }
-                if sockets.churn {
+                if sockets.churns() {
                     note(
                         &mut self.notes,
                         "inbound connections are short-lived (a request or a few each): every round walks the whole socket table, which costs more CPU".to_string(),
                     );
-                    if sockets.foreign_listeners {
+                    if sockets.others_listen() {
                         note(
                             &mut self.notes,
                             "request rate and mean latency are bounds, not measurements: connections that open and close between samples are not seen, and other processes listen in this network namespace, so its accepted-connection count is not the service's alone (shares are unaffected)".to_string(),
@@ -530,12 +529,8 @@ impl Session {
                 fds_changed = true;
                 // Every tenth discovery re-reads every link: an fd whose socket was closed and
                 // reused while a dup kept the old inode open is not missed for long.
-                let open = self
-                    .sockets
-                    .as_ref()
-                    .filter(|_| !periodic)
-                    .map(|s| &s.open_at_dump);
-                let known = |inode: u64| open.is_some_and(|o| o.contains(&inode));
+                let sockets = self.sockets.as_ref().filter(|_| !periodic);
+                let known = |inode: u64| sockets.is_some_and(|s| s.open_since_dump(inode));
                 match scan_fds(
                     &dir,
                     &mut t.fds,
@@ -583,7 +578,7 @@ impl Session {
         // file per watched thread, too many to read for nothing at every discovery.
         let scrapes = self.cfg.gc.metrics_url.is_some() || self.cfg.gc.expvar_url.is_some();
         if let Some(s) = self.sockets.as_mut().filter(|_| scrapes) {
-            s.agent_inodes = own_socket_inodes();
+            s.set_agent_sockets(own_socket_inodes());
         }
         self.discoveries += 1;
         let blind = self.targets.iter().any(|t| t.alive && t.fds_denied);
