@@ -227,3 +227,7 @@ impl Fill {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "decide_tests.rs"]
+mod tests;

@@ -66,3 +66,48 @@ pub(super) fn gap_busy(
     };
     ms / 1000.0
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::decide::How;
+    use super::*;
+
+    #[test]
+    fn a_gap_counts_its_exchanges_at_their_duration() {
+        let idle = Decision {
+            value: 0.0,
+            how: How::Ordered,
+        };
+        let at = |segs: u32, recv: u32, sent: u32| TcpInfo {
+            data_segs_in: segs,
+            data_segs_out: segs,
+            last_data_recv_ms: recv,
+            last_data_sent_ms: sent,
+            ..TcpInfo::default()
+        };
+        // Five requests since the last visit, the last one answered 8 ms after it arrived.
+        let (old, new) = (at(10, 900, 900), at(15, 30, 22));
+        let last = last_exchange_ms(true, &old, &new, &idle);
+        assert_eq!(last, Some(8.0));
+        let s = gap_busy(true, &old, &new, &idle, 0.0, last);
+        assert!((s - 0.040).abs() < 1e-9, "{s}");
+        // Busy now for 12 ms, after two earlier requests of the mean's 8 ms.
+        let busy = Decision {
+            value: 1.0,
+            how: How::Ordered,
+        };
+        let (old, new) = (at(15, 30, 22), at(18, 12, 40));
+        assert_eq!(last_exchange_ms(true, &old, &new, &busy), None);
+        let s = gap_busy(true, &old, &new, &busy, 8.0, None);
+        assert!((s - 0.028).abs() < 1e-9, "{s}");
+        // Nothing happened: nothing counted, nothing learnt.
+        let (old, new) = (at(18, 12, 40), at(18, 300, 300));
+        assert_eq!(last_exchange_ms(true, &old, &new, &idle), None);
+        assert_eq!(gap_busy(true, &old, &new, &idle, 8.0, None), 0.0);
+        // Outbound: our request went out 20 ms ago, its answer came 5 ms ago.
+        let (old, new) = (at(1, 900, 900), at(2, 5, 20));
+        let last = last_exchange_ms(false, &old, &new, &idle);
+        let s = gap_busy(false, &old, &new, &idle, 0.0, last);
+        assert!((s - 0.015).abs() < 1e-9, "{s}");
+    }
+}

@@ -112,3 +112,104 @@ impl SocketSampler {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::net::SocketAddr;
+
+    use super::super::decide::{Decision, How};
+    use super::*;
+    use crate::sampler::shape::Shape;
+    use crate::sockdiag::{TcpInfo, TcpSocket, TCP_ESTABLISHED};
+
+    #[test]
+    fn neyman_gives_lookups_where_the_busy_connections_are() {
+        // Nothing learnt yet: in proportion to size.
+        assert_eq!(neyman(100, [100, 900], [(0.0, 0.0); 2]), [12, 88]);
+        // Recently active connections are busy at 5% of visits, quiet ones at 0.05%: the 300
+        // active get far more than their 3% of the budget.
+        let take = neyman(100, [300, 9_700], [(1000.0, 50.0), (1000.0, 0.5)]);
+        assert!((15..=20).contains(&take[0]), "{take:?}");
+        assert_eq!(take[0] + take[1], 100);
+        // The quiet stratum keeps its floor however rarely it is busy.
+        let take = neyman(96, [5_000, 5_000], [(4000.0, 400.0), (4000.0, 0.0)]);
+        assert_eq!(take[1], 12, "{take:?}");
+        // A stratum smaller than its share takes all of itself; the rest goes to the other.
+        assert_eq!(neyman(100, [5, 1_000], [(10.0, 5.0), (10.0, 0.0)]), [5, 95]);
+        assert_eq!(neyman(100, [1_000, 5], [(10.0, 5.0), (10.0, 0.0)]), [95, 5]);
+    }
+
+    #[test]
+    fn idle_connections_are_sampled_at_their_stratum_rate_and_all_at_the_end() {
+        let mut sampler = SocketSampler::new().expect("a NETLINK_SOCK_DIAG socket");
+        sampler.max_lookups = 64;
+        let idle = Decision {
+            value: 0.0,
+            how: How::Quiet,
+        };
+        let busy = Decision {
+            value: 1.0,
+            how: How::Ordered,
+        };
+        // 40 busy connections, 200 recently active idle ones and 2,000 quiet ones.
+        for i in 0..2_240u32 {
+            let s = TcpSocket {
+                family: libc::AF_INET as u8,
+                state: TCP_ESTABLISHED,
+                local: SocketAddr::new([127, 0, 0, 1].into(), 10_000 + (i % 50_000) as u16),
+                remote: SocketAddr::new([127, 0, 1, (i / 200) as u8].into(), 80),
+                inode: 9,
+                uid: 0,
+                rqueue: 0,
+                wqueue: 0,
+                info: None,
+            };
+            let ago = if i < 240 { 10 } else { 5_000 };
+            let conn = Conn {
+                inbound: true,
+                sock: s.clone(),
+                info: TcpInfo {
+                    last_data_sent_ms: ago,
+                    last_data_recv_ms: ago,
+                    ..TcpInfo::default()
+                },
+                decision: if i < 40 { busy } else { idle },
+                round: 0,
+                shape: Shape::default(),
+            };
+            sampler.put((s.local, s.remote), conn);
+        }
+        assert_eq!(sampler.busy.len(), 40);
+        assert_eq!([sampler.idle[0].len(), sampler.idle[1].len()], [200, 2_000]);
+        let mut visits: HashMap<Key, u32> = HashMap::new();
+        let rounds: u64 = 2_000;
+        let take = neyman(MIN_IDLE_LOOKUPS, [200, 2_000], sampler.strata);
+        for r in 0..rounds {
+            sampler.round = r;
+            sampler.choose_lookups(false);
+            assert_eq!(sampler.known.len(), 40 + take[0] + take[1]);
+            assert_eq!(sampler.skipped.0 + sampler.known.len(), 2_240);
+            for s in &sampler.known {
+                *visits.entry((s.local, s.remote)).or_default() += 1;
+            }
+        }
+        // Every connection is looked up at its stratum's rate (systematic sampling from a random
+        // start: exactly p each, so no connection is never seen).
+        for (key, n) in &visits {
+            let c = &sampler.conns[key];
+            let rate = f64::from(*n) / rounds as f64;
+            let want = if is_idle(c) {
+                let h = stratum(c);
+                take[h] as f64 / [200.0, 2_000.0][h]
+            } else {
+                1.0
+            };
+            assert!((rate - want).abs() < 0.05, "{rate} against {want}");
+        }
+        assert_eq!(visits.len(), 2_240, "some connection never looked up");
+        let all = sampler.conns.len();
+        sampler.choose_lookups(true);
+        assert_eq!(sampler.known.len(), all);
+    }
+}

@@ -24,8 +24,6 @@
 mod decide;
 mod gaps;
 mod lookups;
-#[cfg(test)]
-mod tests;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
