@@ -4,7 +4,7 @@
 //! Data flow: samplers ([`sampler::threads`], [`sampler::sockets`], [`cgroup`], [`gc`]) feed a
 //! [`session::Session`], which keeps one cumulative [`scalewise_core::Budget`] per service;
 //! [`diagnose`] runs a session for a while and hands the budget to the shared engine in
-//! `scalewise-collector`. Parsers of data the monitored process controls ([`procfs`],
+//! `scalewise-collector`. Parsers of data the monitored process controls ([`proc_files`],
 //! [`sockdiag`], [`gc`]) are pure functions over bytes, tested with hostile input and fuzzed.
 
 pub mod caps;
@@ -13,7 +13,7 @@ pub mod demo;
 pub mod deps;
 pub mod diagnose;
 pub mod gc;
-pub mod procfs;
+pub mod proc_files;
 pub mod render;
 pub mod report;
 pub mod run;

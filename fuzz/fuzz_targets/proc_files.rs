@@ -1,7 +1,7 @@
 //! /proc/PID/{stat,schedstat,syscall,status,fdinfo/EPFD} and fd link targets: a thread names itself.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use scalewise_agent::procfs::*;
+use scalewise_agent::proc_files::*;
 
 fuzz_target!(|data: &[u8]| {
     let _ = parse_stat(data);

@@ -20,7 +20,7 @@ use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use super::{GcError, GcReading, GcSemantics, GcSource};
-use crate::procfs::parse_status;
+use crate::proc_files::parse_status;
 
 const MAGIC: [u8; 4] = [0xCA, 0xFE, 0xC0, 0xC0];
 const PROLOGUE: usize = 32;

@@ -11,7 +11,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
-use crate::procfs::{parse_schedstat, parse_syscall, Schedstat, SyscallState};
+use crate::proc_files::{parse_schedstat, parse_syscall, Schedstat, SyscallState};
 
 /// Threads of managed runtimes that run the garbage collector. Their CPU is kept apart: a
 /// concurrent collector's work is not on any request's path, and a stop-the-world pause is

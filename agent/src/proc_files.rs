@@ -218,5 +218,5 @@ pub fn parse_tcp_counter(buf: &[u8], name: &str) -> Option<u64> {
 }
 
 #[cfg(test)]
-#[path = "procfs_tests.rs"]
+#[path = "proc_files_tests.rs"]
 mod tests;

@@ -1,0 +1,554 @@
+//! Requests in flight and time awaiting each dependency, from the service's TCP connections.
+//!
+//! Each round dumps the TCP sockets (see [`crate::sockdiag`]) and decides, per connection,
+//! whether a request is outstanding on it at this instant (inbound: the peer waits for our
+//! response; outbound: we wait for the dependency's). In order ([`decide`]):
+//! 1. unread bytes: inbound, a request queued for the service; outbound, a response it has not
+//!    read yet (its own delay);
+//! 2. bytes written and not yet sent: the peer does not have the whole message
+//!    (a response held by Nagle's algorithm until the client's delayed ACK is request time);
+//! 3. the peer spoke last by `tcp_info`'s timestamps;
+//! 4. the connection's learnt exchange shape ([`super::shape`]): exact segment counters, which
+//!    settle ties that timestamps (kernel-tick resolution) cannot, including requests far shorter
+//!    than a tick, part-sent responses and event loops;
+//! 5. we spoke last by timestamps;
+//! 6. a tie: nothing moved since a round whose state was known (it carries), a first request,
+//!    a thread blocked reading that socket or, in a process without event loops, none reading it,
+//!    or nothing moved for a second (idle);
+//! 7. otherwise the sample is *unresolved*: it takes the in-flight rate of the service's resolved
+//!    samples ([`Fill`]), is counted, and lowers the confidence. Never a flat half.
+//!
+//! Summed over rounds and weighted by the time between them, these give mean in-flight requests
+//! (`R`) and request-seconds per dependency.
+
+mod decide;
+mod gaps;
+mod lookups;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+
+use super::shape::{Known, Shape};
+use crate::sockdiag::{SockDiag, SockDiagError, TcpInfo, TcpSocket, TCP_ESTABLISHED, TCP_LISTEN};
+pub use decide::{decide, last_data, Decision, Fill, How, LastData, Reader, ThreadOracle};
+use decide::{known, NoThreads};
+use gaps::{gap_busy, last_exchange_ms};
+use lookups::{is_idle, stratum};
+pub use lookups::{DEFAULT_MAX_LOOKUPS, MIN_IDLE_LOOKUPS};
+
+struct Conn {
+    inbound: bool,
+    sock: TcpSocket,
+    info: TcpInfo,
+    decision: Decision,
+    round: u64,
+    shape: Shape,
+}
+
+/// What one round found, to be weighted by the time since the previous round.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Round {
+    pub in_flight: f64,
+    /// Requests that arrived since the previous round (inbound data segments).
+    pub new_requests: f64,
+    /// Outstanding requests per dependency endpoint.
+    pub awaiting: Vec<(SocketAddr, f64)>,
+    pub samples: u64,
+    /// Samples nothing could resolve; their value was estimated (see [`Fill`]).
+    pub unresolved: u64,
+    /// Inbound requests whose bytes sat unread (waiting for the service to read them), by
+    /// socket inode (0 for connections not yet accepted).
+    pub queued: Vec<(u64, f64)>,
+    /// Inbound requests whose response was written but not yet all sent or acknowledged.
+    pub send_queue: f64,
+    /// Inbound requests decided by the learnt exchange shape.
+    pub by_shape: u64,
+    /// Request-seconds of connections that sampling had skipped, over their whole gap (added to
+    /// the budget as they are, not weighted by the round's interval).
+    pub gap_s: f64,
+    /// The same for outbound connections, per dependency endpoint.
+    pub gap_awaiting: HashMap<SocketAddr, f64>,
+    pub inbound_conns: usize,
+    pub outbound_conns: usize,
+    /// Whether this round walked the whole socket table.
+    pub full_dump: bool,
+}
+
+type Key = (SocketAddr, SocketAddr);
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
+type FastIndexSet<K> = indexmap::IndexSet<K, foldhash::fast::FixedState>;
+
+/// What a round visits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Visit {
+    /// Connections not known idle, and a sample of the idle ones.
+    Sampled,
+    /// Every known connection, by lookups (the last round of a window: counts exact to the end).
+    All,
+    /// A full dump: every TCP socket of the namespace (new connections, listeners).
+    Dump,
+}
+
+/// Finds the service's connections with a full dump (a walk of the kernel's whole TCP hash table,
+/// milliseconds on a large host) only when it must, and follows known connections with exact
+/// lookups (microseconds each) in between.
+pub struct SocketSampler {
+    diag: SockDiag,
+    socks: Vec<TcpSocket>,
+    known: Vec<TcpSocket>,
+    found: Vec<Option<TcpSocket>>,
+    listen_ports: HashSet<u16>,
+    conns: FastMap<Key, Conn>,
+    /// The keys of `conns`: known idle by [`stratum`], and the others; indexed, so a round picks
+    /// its sample of idle connections without visiting the others.
+    idle: [FastIndexSet<Key>; 2],
+    busy: FastIndexSet<Key>,
+    /// Inbound connections among `idle`.
+    idle_inbound: usize,
+    /// Per stratum: visits to connections that were idle at their previous visit, and how many
+    /// of those found them busy (decayed): how likely each stratum is to be busy.
+    strata: [(f64, f64); 2],
+    round: u64,
+    /// Inbound connections that closed since the last full dump, and how many there were then.
+    closed_inbound: usize,
+    inbound_at_dump: usize,
+    /// Short-lived inbound connections (one request each) are invisible to lookups of the
+    /// connections known at the last dump: when they churn, every round is a full dump.
+    churn: bool,
+    /// A listening socket in this network namespace belongs to another process: namespace-wide
+    /// counters (accepted connections) are then not the service's alone.
+    foreign_listeners: bool,
+    fill_inbound: Fill,
+    fill_outbound: Fill,
+    /// Lookups per round (connections not known idle are always looked up; idle ones share
+    /// what is left, at least [`MIN_IDLE_LOOKUPS`]); see [`SocketSampler::choose_lookups`].
+    max_lookups: usize,
+    /// Per direction (inbound, outbound): the sum and count of exchange durations seen (ms),
+    /// for exchanges a gap hides (see [`gap_busy`]).
+    exchange_ms: [(f64, f64); 2],
+    /// Inbound and outbound connections skipped in this round.
+    skipped: (usize, usize),
+    /// Idle connections and the probability each was looked up with, in the last round.
+    idle_sampled: (usize, f64),
+    /// Inodes of the service's sockets open at the last full dump and not seen closed since:
+    /// an fd still mapped to one needs no new readlink (see `session::fds::scan_fds`).
+    open_at_dump: HashSet<u64>,
+    /// The agent's own socket inodes, and the local addresses they had at the last full dump:
+    /// an inbound connection from one of those is the agent scraping the service, left out.
+    agent_inodes: HashSet<u64>,
+    agent_addrs: HashSet<SocketAddr>,
+}
+
+impl SocketSampler {
+    pub fn new() -> Result<SocketSampler, SockDiagError> {
+        Ok(SocketSampler {
+            diag: SockDiag::open()?,
+            socks: Vec::with_capacity(1024),
+            known: Vec::new(),
+            found: Vec::new(),
+            listen_ports: HashSet::new(),
+            conns: FastMap::default(),
+            idle: Default::default(),
+            busy: FastIndexSet::default(),
+            idle_inbound: 0,
+            strata: [(0.0, 0.0); 2],
+            round: 0,
+            closed_inbound: 0,
+            inbound_at_dump: 0,
+            churn: false,
+            foreign_listeners: false,
+            fill_inbound: Fill::default(),
+            fill_outbound: Fill::default(),
+            max_lookups: DEFAULT_MAX_LOOKUPS,
+            exchange_ms: [(0.0, 0.0); 2],
+            skipped: (0, 0),
+            idle_sampled: (0, 1.0),
+            open_at_dump: HashSet::new(),
+            agent_inodes: HashSet::new(),
+            agent_addrs: HashSet::new(),
+        })
+    }
+
+    /// Connections known (both directions).
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Looks up at most `n` connections a round beyond those not known idle (see
+    /// [`SocketSampler::choose_lookups`]).
+    pub fn limit_lookups(&mut self, n: usize) {
+        self.max_lookups = n;
+    }
+
+    /// Whether a listening socket of the service has been seen: its inbound connections are
+    /// then its requests.
+    pub fn sees_listeners(&self) -> bool {
+        !self.listen_ports.is_empty()
+    }
+
+    /// Whether inbound connections are short-lived (a request or a few each): every round is
+    /// then a full dump, and connections that open and close between rounds are not seen.
+    pub fn churns(&self) -> bool {
+        self.churn
+    }
+
+    /// Whether another process listens in this network namespace: namespace-wide counters
+    /// (accepted connections) are then not the service's alone.
+    pub fn others_listen(&self) -> bool {
+        self.foreign_listeners
+    }
+
+    /// The idle connections of the last round and the probability each was looked up with,
+    /// when sampling skipped some (`None` when every one was looked up).
+    pub fn idle_sample(&self) -> Option<(usize, f64)> {
+        let (idle, p) = self.idle_sampled;
+        (p < 1.0).then_some((idle, p))
+    }
+
+    /// Whether a socket was open at the last full dump and not seen closed since: an fd still
+    /// mapped to it needs no new readlink (see `session::fds::scan_fds`).
+    pub fn open_since_dump(&self, inode: u64) -> bool {
+        self.open_at_dump.contains(&inode)
+    }
+
+    /// The agent's own socket inodes: an inbound connection from one of their local addresses
+    /// (as of the next full dump) is the agent scraping the service, left out.
+    pub fn set_agent_sockets(&mut self, inodes: HashSet<u64>) {
+        self.agent_inodes = inodes;
+    }
+
+    /// Records a connection's new state, keeping the idle and busy indexes in step and
+    /// learning how often each idle stratum turns out busy.
+    fn put(&mut self, key: Key, conn: Conn) {
+        let idle = is_idle(&conn);
+        let (inbound, h) = (conn.inbound, stratum(&conn));
+        if let Some(old) = self.conns.insert(key, conn) {
+            if is_idle(&old) {
+                let was = stratum(&old);
+                self.idle[was].swap_remove(&key);
+                self.idle_inbound -= usize::from(old.inbound);
+                let seen = &mut self.strata[was];
+                if seen.0 >= 4096.0 {
+                    *seen = (seen.0 / 2.0, seen.1 / 2.0);
+                }
+                seen.0 += 1.0;
+                seen.1 += f64::from(u8::from(!idle));
+            } else {
+                self.busy.swap_remove(&key);
+            }
+        }
+        if idle {
+            self.idle[h].insert(key);
+            self.idle_inbound += usize::from(inbound);
+        } else {
+            self.busy.insert(key);
+        }
+    }
+
+    /// Forgets a closed connection. Returns whether it was inbound.
+    fn forget(&mut self, key: &Key) -> Option<bool> {
+        let c = self.conns.remove(key)?;
+        if is_idle(&c) {
+            self.idle[stratum(&c)].swap_remove(key);
+            self.idle_inbound -= usize::from(c.inbound);
+        } else {
+            self.busy.swap_remove(key);
+        }
+        // Its fd number may now hold a new socket: the next fd scan reads it again.
+        self.open_at_dump.remove(&c.sock.inode);
+        Some(c.inbound)
+    }
+
+    /// One round. `owned(inode)` says whether a socket belongs to the service's processes;
+    /// `refresh` marks a round of the session's refresh (churn is re-decided over its interval);
+    /// `visit` what to look at (connections that churn and the first round always take a full
+    /// dump).
+    pub fn sample(
+        &mut self,
+        owned: &dyn Fn(u64) -> bool,
+        oracle: &mut dyn ThreadOracle,
+        refresh: bool,
+        visit: Visit,
+    ) -> Result<Round, SockDiagError> {
+        let full = visit == Visit::Dump || self.churn || self.round == 0;
+        if full {
+            self.dump(owned)?;
+        } else {
+            self.look_up(visit == Visit::All)?;
+        }
+        self.round += 1;
+        let mut tally = Tally {
+            out: Round {
+                full_dump: full,
+                ..Round::default()
+            },
+            awaiting: HashMap::new(),
+            unresolved_inbound: 0.0,
+            unresolved_outbound: HashMap::new(),
+        };
+        let socks = std::mem::take(&mut self.socks);
+        for s in &socks {
+            self.visit(s, owned, oracle, full, &mut tally);
+        }
+        self.socks = socks;
+        let out = self.fill_unresolved(tally, full);
+        self.forget_closed(full);
+        self.decide_churn(refresh, out.inbound_conns);
+        Ok(out)
+    }
+
+    /// A full dump: every TCP socket of the namespace; the service's listening ports, whether
+    /// other processes listen, and the local addresses of the agent's own sockets.
+    fn dump(&mut self, owned: &dyn Fn(u64) -> bool) -> Result<(), SockDiagError> {
+        self.diag.dump(&mut self.socks)?;
+        self.foreign_listeners = false;
+        self.open_at_dump.clear();
+        self.agent_addrs.clear();
+        for s in &self.socks {
+            if s.inode != 0 && self.agent_inodes.contains(&s.inode) {
+                self.agent_addrs.insert(s.local);
+            }
+            if s.state == TCP_LISTEN {
+                if owned(s.inode) {
+                    self.listen_ports.insert(s.local.port());
+                } else {
+                    self.foreign_listeners = true;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Exact lookups of the connections chosen for this round (all of them when `all`).
+    fn look_up(&mut self, all: bool) -> Result<(), SockDiagError> {
+        self.choose_lookups(all);
+        self.diag.lookup(&self.known, &mut self.found)?;
+        self.socks.clear();
+        self.socks.extend(self.found.iter().flatten().cloned());
+        Ok(())
+    }
+
+    /// One socket of this round: left out unless it is one of the service's connections, else
+    /// decided, counted in `tally` and recorded.
+    fn visit(
+        &mut self,
+        s: &TcpSocket,
+        owned: &dyn Fn(u64) -> bool,
+        oracle: &mut dyn ThreadOracle,
+        full: bool,
+        tally: &mut Tally,
+    ) {
+        if s.state == TCP_LISTEN {
+            return;
+        }
+        let Some(info) = s.info else { return };
+        // Inbound by port: accepted sockets of our listener are ours even before the next fd
+        // scan has seen them, and unaccepted ones (inode 0) have no owner yet. No other
+        // socket of this network namespace can have our listening port as its local port.
+        let inbound = self.listen_ports.contains(&s.local.port());
+        let ours = inbound || (s.inode != 0 && owned(s.inode));
+        if !ours || (inbound && self.agent_addrs.contains(&s.remote)) {
+            return;
+        }
+        if full && s.inode != 0 {
+            self.open_at_dump.insert(s.inode);
+        }
+        if inbound && s.inode == 0 && s.state != TCP_ESTABLISHED {
+            return;
+        }
+        let key = (s.local, s.remote);
+        let (d, shape, gap) = self.judge(key, s, &info, inbound, oracle);
+        tally.out.samples += 1;
+        let tie = last_data(&info) == LastData::Tie;
+        if inbound {
+            self.fill_inbound.learn(&d, tie);
+            let new_requests = match self.conns.get(&key) {
+                Some(c) => info.data_segs_in.saturating_sub(c.info.data_segs_in) as f64,
+                // A connection first seen after the first round was opened inside the window.
+                None if self.round != 1 => info.data_segs_in as f64,
+                None => 0.0,
+            };
+            tally.inbound(s.inode, &d, gap, new_requests);
+        } else {
+            self.fill_outbound.learn(&d, tie);
+            tally.outbound(s.remote, &d, gap);
+        }
+        self.put(
+            key,
+            Conn {
+                inbound,
+                sock: s.clone(),
+                info,
+                decision: d,
+                round: self.round,
+                shape,
+            },
+        );
+    }
+
+    /// Decides one connection, learning its exchange shape and the mean exchange duration on
+    /// the way. Returns the decision, the shape to keep, and the gap's request-seconds when
+    /// sampling had skipped the connection.
+    fn judge(
+        &mut self,
+        key: Key,
+        s: &TcpSocket,
+        info: &TcpInfo,
+        inbound: bool,
+        oracle: &mut dyn ThreadOracle,
+    ) -> (Decision, Shape, Option<f64>) {
+        let known_conn = self.conns.get(&key).filter(|c| c.inbound == inbound);
+        let prev = known_conn.map(|c| (&c.info, c.decision));
+        let mut shape = known_conn.map(|c| c.shape).unwrap_or_default();
+        let (asked, answered) = if inbound {
+            (info.data_segs_in, info.data_segs_out)
+        } else {
+            (info.data_segs_out, info.data_segs_in)
+        };
+        shape.observe(asked, answered, Known::Nothing);
+        // A connection sampling skipped for a round or more is counted over the whole gap,
+        // from its exchanges since and their durations (see [`gap_busy`]); one looked up
+        // every round, by its state at this instant. A gap's count needs no thread states
+        // (a full thread sample per round for idle connections was a quarter of the cost
+        // at 10,000 connections).
+        let gapped = known_conn.filter(|c| c.round + 1 < self.round);
+        let mut nothing = NoThreads;
+        let d = decide(
+            inbound,
+            s,
+            info,
+            prev,
+            if gapped.is_some() {
+                &mut nothing
+            } else {
+                &mut *oracle
+            },
+            shape.predict(asked, answered),
+        );
+        shape.observe(asked, answered, known(&d, inbound));
+        tracing::trace!(inbound, how = ?d.how, value = d.value, asked, answered, "decision");
+        // Exchange durations are learnt from every visit that sees one (the mean stands in
+        // for those a gap hides), before the gap is counted.
+        let mean = &mut self.exchange_ms[usize::from(!inbound)];
+        let last = known_conn.and_then(|c| last_exchange_ms(inbound, &c.info, info, &d));
+        if let Some(ms) = last {
+            if mean.1 >= 1e6 {
+                *mean = (mean.0 / 2.0, mean.1 / 2.0);
+            }
+            *mean = (mean.0 + ms, mean.1 + 1.0);
+        }
+        let mean_ms = if mean.1 > 0.0 { mean.0 / mean.1 } else { 0.0 };
+        let gap = gapped.map(|c| gap_busy(inbound, &c.info, info, &d, mean_ms, last));
+        (d, shape, gap)
+    }
+
+    /// The round's totals: unresolved samples take the in-flight rate of this service's
+    /// resolved ones, and connections skipped this round count as open.
+    fn fill_unresolved(&self, tally: Tally, full: bool) -> Round {
+        let Tally {
+            mut out,
+            mut awaiting,
+            unresolved_inbound,
+            unresolved_outbound,
+        } = tally;
+        out.in_flight += unresolved_inbound * self.fill_inbound.estimate().unwrap_or(0.0);
+        let outbound_rate = self.fill_outbound.estimate().unwrap_or(0.0);
+        for (endpoint, n) in unresolved_outbound {
+            *awaiting.entry(endpoint).or_default() += n * outbound_rate;
+        }
+        // Connections skipped this round are still open (`choose_lookups` kept them).
+        if !full {
+            out.inbound_conns += self.skipped.0;
+            out.outbound_conns += self.skipped.1;
+        }
+        out.awaiting = awaiting.into_iter().collect();
+        out
+    }
+
+    /// Connections not refreshed this round are closed: among all after a dump, among those
+    /// looked up otherwise (the skipped ones are still open).
+    fn forget_closed(&mut self, full: bool) {
+        let round = self.round;
+        let stale: Vec<Key> = if full {
+            self.conns
+                .iter()
+                .filter(|(_, c)| c.round != round)
+                .map(|(k, _)| *k)
+                .collect()
+        } else {
+            self.known
+                .iter()
+                .map(|s| (s.local, s.remote))
+                .filter(|k| self.conns.get(k).is_some_and(|c| c.round != round))
+                .collect()
+        };
+        for key in stale {
+            if self.forget(&key) == Some(true) {
+                self.closed_inbound += 1;
+            }
+        }
+    }
+
+    /// Switches to dumps as soon as connections are seen to vanish between rounds; a round of
+    /// the session's refresh re-decides from what it saw over the whole refresh interval.
+    fn decide_churn(&mut self, refresh: bool, inbound_conns: usize) {
+        let basis = self.inbound_at_dump.max(inbound_conns);
+        if !self.churn && self.closed_inbound > 2 && self.closed_inbound * 4 >= basis {
+            self.churn = true;
+        }
+        if refresh {
+            // Churn: at least a quarter of the inbound connections (and more than a couple)
+            // closed within one refresh interval.
+            self.churn = self.closed_inbound > 2
+                && self.closed_inbound * 4 >= self.inbound_at_dump.max(inbound_conns);
+            self.closed_inbound = 0;
+            self.inbound_at_dump = inbound_conns;
+        }
+    }
+}
+
+/// What a round has counted so far, socket by socket.
+struct Tally {
+    out: Round,
+    /// Outstanding requests per dependency endpoint, from resolved samples.
+    awaiting: HashMap<SocketAddr, f64>,
+    unresolved_inbound: f64,
+    unresolved_outbound: HashMap<SocketAddr, f64>,
+}
+
+impl Tally {
+    /// An inbound connection: `gap` its request-seconds over a gap sampling left, if any.
+    fn inbound(&mut self, inode: u64, d: &Decision, gap: Option<f64>, new_requests: f64) {
+        let out = &mut self.out;
+        out.inbound_conns += 1;
+        match (d.how, gap) {
+            (_, Some(busy_s)) => out.gap_s += busy_s,
+            (How::Unresolved, None) => {
+                self.unresolved_inbound += 1.0;
+                out.unresolved += 1;
+            }
+            (How::Queued, None) => out.queued.push((inode, d.value)),
+            (How::SendQueue, None) => out.send_queue += d.value,
+            (How::Shape, None) => out.by_shape += 1,
+            _ => {}
+        }
+        if gap.is_none() {
+            out.in_flight += d.value;
+        }
+        out.new_requests += new_requests;
+    }
+
+    /// An outbound connection to `endpoint`.
+    fn outbound(&mut self, endpoint: SocketAddr, d: &Decision, gap: Option<f64>) {
+        let out = &mut self.out;
+        out.outbound_conns += 1;
+        if let Some(busy_s) = gap {
+            *out.gap_awaiting.entry(endpoint).or_default() += busy_s;
+        } else if d.resolved() {
+            *self.awaiting.entry(endpoint).or_default() += d.value;
+        } else {
+            *self.unresolved_outbound.entry(endpoint).or_default() += 1.0;
+            out.unresolved += 1;
+        }
+    }
+}
