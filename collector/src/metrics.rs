@@ -51,7 +51,6 @@ fn counter_vec(r: &Registry, name: &str, help: &str, label: &str) -> IntCounterV
     c
 }
 
-#[allow(clippy::panic)]
 fn unreachable_metric(name: &str) -> ! {
     // The names and labels are constants checked by the tests; this cannot happen at run time.
     panic!("invalid metric definition {name}")

@@ -391,17 +391,12 @@ impl Session {
 
     /// Resident memory of the live processes, from `/proc/PID/statm` (pages × page size).
     pub fn rss_bytes(&self) -> u64 {
-        // SAFETY: sysconf has no preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
-        self.targets
+        let live: Vec<u32> = self
+            .targets
             .iter()
             .filter(|t| t.alive)
-            .filter_map(|t| {
-                let path = self.cfg.proc_root.join(t.pid.to_string()).join("statm");
-                let text = std::fs::read_to_string(path).ok()?;
-                text.split_whitespace().nth(1)?.parse::<u64>().ok()
-            })
-            .sum::<u64>()
-            * page
+            .map(|t| t.pid)
+            .collect();
+        crate::runtime::resident_bytes(&self.cfg.proc_root, &live).unwrap_or(0)
     }
 }
