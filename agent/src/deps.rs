@@ -23,6 +23,29 @@ pub fn kind_for_port(port: u16) -> &'static str {
     }
 }
 
+/// The usual kind of service behind a unix-domain socket, from its path: PostgreSQL's
+/// `.s.PGSQL.5432` (any directory, any port), and names that say what they are.
+pub fn kind_for_unix_path(path: &str) -> &'static str {
+    let file = path.rsplit('/').next().unwrap_or(path).to_ascii_lowercase();
+    if file.starts_with(".s.pgsql.") {
+        return "postgresql";
+    }
+    let has = |w: &str| file.contains(w);
+    if has("pgbouncer") {
+        "postgresql"
+    } else if has("mysql") || has("mariadb") {
+        "mysql"
+    } else if has("redis") || has("valkey") {
+        "redis"
+    } else if has("memcache") {
+        "memcached"
+    } else if has("docker") || has("containerd") {
+        "docker"
+    } else {
+        "unknown"
+    }
+}
+
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum DependencySpecError {
     #[error("--dependency {0:?}: expected ADDR:PORT=NAME or ADDR:PORT=NAME:KIND, e.g. 10.0.0.5:5432=orders-db")]
@@ -106,5 +129,16 @@ mod tests {
         assert!("nonsense".parse::<DependencySpec>().is_err());
         assert!("1.2.3.4=db".parse::<DependencySpec>().is_err());
         assert!("1.2.3.4:5=".parse::<DependencySpec>().is_err());
+    }
+
+    #[test]
+    fn unix_paths_name_their_kind() {
+        assert_eq!(
+            kind_for_unix_path("/var/run/postgresql/.s.PGSQL.55432"),
+            "postgresql"
+        );
+        assert_eq!(kind_for_unix_path("/run/redis/redis-server.sock"), "redis");
+        assert_eq!(kind_for_unix_path("/var/run/mysqld/mysqld.sock"), "mysql");
+        assert_eq!(kind_for_unix_path("/tmp/app.sock"), "unknown");
     }
 }

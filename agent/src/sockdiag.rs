@@ -1,9 +1,10 @@
-//! TCP sockets and their `tcp_info`, from NETLINK_SOCK_DIAG.
+//! TCP sockets and their `tcp_info`, and unix-domain sockets' names and peers, from
+//! NETLINK_SOCK_DIAG.
 //!
 //! Written by hand: it is a tight loop on the sampling path (a dump of the host's TCP sockets with
 //! `tcp_info` several times a second), we need exactly one request shape and a handful of
 //! `tcp_info` fields, and the crates that wrap netlink bring a generic message framework for it.
-//! The parser [`parse_messages`] is pure and fuzzed: the kernel writes these bytes, but the
+//! The parsers [`parse_messages`] and [`parse_unix_messages`] are pure and fuzzed: the kernel writes these bytes, but the
 //! parser is written as if it did not, so every length is checked.
 //!
 //! Only what is needed to tell "a request is outstanding on this connection" is kept:
@@ -217,6 +218,109 @@ pub fn parse_messages(mut buf: &[u8]) -> Result<Parsed, SockDiagError> {
     Ok(out)
 }
 
+/// `unix_diag_msg` and the attributes asked for (include/uapi/linux/unix_diag.h).
+const UNIX_DIAG_MSG: usize = 16;
+const UDIAG_SHOW_NAME: u32 = 0x1;
+const UDIAG_SHOW_PEER: u32 = 0x4;
+const UNIX_DIAG_NAME: u16 = 0;
+const UNIX_DIAG_PEER: u16 = 2;
+
+/// One unix-domain socket: its bound name (a listener's path, which its accepted connections
+/// share; `@...` for an abstract name) and the inode of the socket at its other end.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UnixSocket {
+    pub inode: u64,
+    pub name: Option<String>,
+    pub peer: Option<u64>,
+}
+
+/// Parses a buffer of netlink messages answering a unix_diag request.
+pub fn parse_unix_messages(mut buf: &[u8]) -> Result<(Vec<UnixSocket>, Vec<i32>), SockDiagError> {
+    let mut sockets = Vec::new();
+    let mut errors = Vec::new();
+    while buf.len() >= NLMSG_HDR {
+        let len = u32_ne(buf, 0).ok_or(SockDiagError::Malformed("header"))? as usize;
+        let kind = u16_ne(buf, 4).ok_or(SockDiagError::Malformed("header"))?;
+        if len < NLMSG_HDR || len > buf.len() {
+            return Err(SockDiagError::Malformed("message length"));
+        }
+        let body = &buf[NLMSG_HDR..len];
+        match kind {
+            NLMSG_DONE => break,
+            NLMSG_ERROR => {
+                let code = u32_ne(body, 0).ok_or(SockDiagError::Malformed("error body"))? as i32;
+                if code != 0 {
+                    errors.push(code.saturating_neg());
+                }
+            }
+            SOCK_DIAG_BY_FAMILY => {
+                if body.len() < UNIX_DIAG_MSG {
+                    return Err(SockDiagError::Malformed("unix_diag_msg"));
+                }
+                let mut sock = UnixSocket {
+                    inode: u32_ne(body, 4).unwrap_or(0) as u64,
+                    ..UnixSocket::default()
+                };
+                let mut attrs = &body[UNIX_DIAG_MSG..];
+                while attrs.len() >= 4 {
+                    let alen = u16_ne(attrs, 0).unwrap_or(0) as usize;
+                    let atype = u16_ne(attrs, 2).unwrap_or(0);
+                    if alen < 4 || alen > attrs.len() {
+                        return Err(SockDiagError::Malformed("attribute length"));
+                    }
+                    let value = &attrs[4..alen];
+                    match atype {
+                        UNIX_DIAG_NAME if !value.is_empty() => {
+                            // An abstract name starts with a NUL byte; a path ends at one.
+                            let (abstract_name, bytes) = match value.split_first() {
+                                Some((0, rest)) => (true, rest),
+                                _ => (false, value),
+                            };
+                            let end = if abstract_name {
+                                bytes.len()
+                            } else {
+                                bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len())
+                            };
+                            let text = String::from_utf8_lossy(&bytes[..end]);
+                            sock.name = Some(if abstract_name {
+                                format!("@{text}")
+                            } else {
+                                text.into_owned()
+                            });
+                        }
+                        UNIX_DIAG_PEER => sock.peer = u32_ne(value, 0).map(u64::from),
+                        _ => {}
+                    }
+                    let aligned = (alen + 3) & !3;
+                    attrs = attrs.get(aligned..).unwrap_or(&[]);
+                }
+                sockets.push(sock);
+            }
+            _ => {}
+        }
+        let aligned = (len + 3) & !3;
+        buf = buf.get(aligned..).unwrap_or(&[]);
+    }
+    Ok((sockets, errors))
+}
+
+/// An exact-match unix_diag request for the socket with this inode (no dump), with its name and
+/// its peer.
+fn unix_lookup_request(inode: u64, seq: u32) -> [u8; NLMSG_HDR + 24] {
+    let mut m = [0u8; NLMSG_HDR + 24];
+    m[0..4].copy_from_slice(&((NLMSG_HDR + 24) as u32).to_ne_bytes());
+    m[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    m[6..8].copy_from_slice(&NLM_F_REQUEST.to_ne_bytes());
+    m[8..12].copy_from_slice(&seq.to_ne_bytes());
+    m[16] = libc::AF_UNIX as u8;
+    m[20..24].copy_from_slice(&u32::MAX.to_ne_bytes());
+    m[24..28].copy_from_slice(&(inode as u32).to_ne_bytes());
+    m[28..32].copy_from_slice(&(UDIAG_SHOW_NAME | UDIAG_SHOW_PEER).to_ne_bytes());
+    // cookie = INET_DIAG_NOCOOKIE: match by inode alone.
+    m[32..40].copy_from_slice(&[0xff; 8]);
+    m
+}
+
 /// A dump request for every TCP socket of one address family, with `tcp_info`.
 fn dump_request(family: u8, seq: u32) -> [u8; NLMSG_HDR + 56] {
     let mut m = [0u8; NLMSG_HDR + 56];
@@ -381,6 +485,19 @@ impl SockDiag {
             }
         }
         Ok(())
+    }
+
+    /// The unix-domain socket with this inode in the namespace, with its name and peer; `None`
+    /// when there is none (the inode is another kind of socket, or closed).
+    pub fn unix_lookup(&mut self, inode: u64) -> Result<Option<UnixSocket>, SockDiagError> {
+        if inode > u64::from(u32::MAX) {
+            return Ok(None);
+        }
+        self.seq = self.seq.wrapping_add(1);
+        self.send(&unix_lookup_request(inode, self.seq))?;
+        let n = self.recv()?;
+        let (sockets, _errors) = parse_unix_messages(&self.buf[..n])?;
+        Ok(sockets.into_iter().find(|s| s.inode == inode))
     }
 
     fn send(&self, msg: &[u8]) -> Result<(), SockDiagError> {
@@ -593,5 +710,67 @@ mod tests {
             .expect("lookup");
         assert_eq!(found[0].as_ref().map(|s| s.inode), Some(server_side.inode));
         assert!(found[1].is_none());
+    }
+
+    #[test]
+    fn unix_replies_give_name_and_peer() {
+        let mut body = vec![0u8; UNIX_DIAG_MSG];
+        body[0] = libc::AF_UNIX as u8;
+        body[4..8].copy_from_slice(&4242u32.to_ne_bytes());
+        let mut name = b"/tmp/pg/.s.PGSQL.5432\0".to_vec();
+        let alen = 4 + name.len();
+        body.extend_from_slice(&(alen as u16).to_ne_bytes());
+        body.extend_from_slice(&UNIX_DIAG_NAME.to_ne_bytes());
+        body.append(&mut name);
+        while body.len() % 4 != 0 {
+            body.push(0);
+        }
+        body.extend_from_slice(&8u16.to_ne_bytes());
+        body.extend_from_slice(&UNIX_DIAG_PEER.to_ne_bytes());
+        body.extend_from_slice(&77u32.to_ne_bytes());
+        let (socks, errors) = parse_unix_messages(&msg(SOCK_DIAG_BY_FAMILY, &body)).expect("parse");
+        assert!(errors.is_empty());
+        assert_eq!(
+            socks,
+            vec![UnixSocket {
+                inode: 4242,
+                name: Some("/tmp/pg/.s.PGSQL.5432".into()),
+                peer: Some(77),
+            }]
+        );
+        assert!(parse_unix_messages(&msg(SOCK_DIAG_BY_FAMILY, &body[..10])).is_err());
+    }
+
+    #[test]
+    fn a_unix_connection_is_found_with_its_listener_path() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = std::env::temp_dir().join(format!("sw-unix-diag-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("server.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+        let client = std::os::unix::net::UnixStream::connect(&path).expect("connect");
+        let (served, _) = listener.accept().expect("accept");
+        let inode_of = |fd: i32| {
+            std::fs::metadata(format!("/proc/self/fd/{fd}"))
+                .map(|m| m.ino())
+                .expect("fd")
+        };
+        use std::os::fd::AsRawFd;
+        let client_inode = inode_of(client.as_raw_fd());
+        let mut diag = SockDiag::open().expect("netlink");
+        let me = diag
+            .unix_lookup(client_inode)
+            .expect("lookup")
+            .expect("found");
+        assert_eq!(me.name, None, "a connecting client has no name");
+        let peer = diag
+            .unix_lookup(me.peer.expect("peer"))
+            .expect("lookup")
+            .expect("peer found");
+        assert_eq!(peer.name.as_deref(), path.to_str());
+        assert_eq!(diag.unix_lookup(1).expect("lookup"), None);
+        drop((listener, client, served));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

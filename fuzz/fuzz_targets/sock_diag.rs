@@ -4,4 +4,5 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let _ = scalewise_agent::sockdiag::parse_messages(data);
+    let _ = scalewise_agent::sockdiag::parse_unix_messages(data);
 });

@@ -18,6 +18,7 @@ mod notes;
 mod oracle;
 mod refresh;
 mod round;
+mod unix;
 
 use std::collections::BTreeMap;
 
@@ -39,6 +40,7 @@ use crate::sampler::threads::ThreadTable;
 use fds::FdMark;
 use notes::{InFlightSample, Notes, PerPid};
 use oracle::ThreadKnowledge;
+use unix::UnixDependencies;
 
 #[derive(Debug, Error)]
 pub enum SessionError {
@@ -218,6 +220,8 @@ pub struct Session {
     idle_sampling: Option<(usize, f64)>,
     /// Rounds of the in-flight time sample, for its standard error.
     in_flight_sample: InFlightSample,
+    /// Dependencies over unix-domain sockets, found from the threads blocked reading them.
+    unix: UnixDependencies,
 }
 
 /// Connections a refresh at the configured interval is allowed; see
@@ -279,6 +283,7 @@ impl Session {
             notes,
             idle_sampling: None,
             in_flight_sample: InFlightSample::default(),
+            unix: UnixDependencies::default(),
         })
     }
 

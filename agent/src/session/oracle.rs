@@ -43,6 +43,9 @@ pub(super) struct Oracle<'a> {
     memory: &'a mut ThreadKnowledge,
     sampled: bool,
     reading: HashSet<(u32, i32)>,
+    /// Socket inodes threads were seen blocked reading at this round's full sample, once per
+    /// thread (outside event loops).
+    blocked_on: Vec<u64>,
     futex_blocked: usize,
     scratch: Vec<(u32, Option<Blocked>)>,
     fds: Vec<i32>,
@@ -71,6 +74,7 @@ impl<'a> Oracle<'a> {
             memory,
             sampled: false,
             reading: HashSet::new(),
+            blocked_on: Vec::new(),
             futex_blocked: 0,
             scratch: Vec::new(),
             fds: Vec::new(),
@@ -83,6 +87,12 @@ impl<'a> Oracle<'a> {
     /// Whether a tie has had every thread's state sampled this round.
     pub(super) fn sampled(&self) -> bool {
         self.sampled
+    }
+
+    /// The socket inodes threads were blocked reading at this round's full sample (one entry
+    /// per blocked thread), if one was taken.
+    pub(super) fn blocked_on(&self) -> &[u64] {
+        &self.blocked_on
     }
 
     /// Threads seen waiting on a futex while running (contention), sampling every thread's
@@ -146,6 +156,7 @@ impl Oracle<'_> {
                 for &fd in &self.fds {
                     self.reading.insert((t.pid, fd));
                     if let Some(&inode) = t.fds.get(&fd) {
+                        self.blocked_on.push(inode);
                         self.memory.readers.insert(inode, (t.pid, tid));
                         self.memory.reader_pids.insert(t.pid);
                     }

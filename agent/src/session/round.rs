@@ -30,18 +30,27 @@ impl Session {
         // Lock-wait corroboration at its own pace, reusing a sample a tie already paid for.
         // Due after its interval, or half of it in a refresh round, which has just read every
         // thread's schedstat: the sample then reads only the syscall files of threads that ran.
-        let states_due = self.last_thread_states.map_or(true, |t| {
-            let since = now.saturating_duration_since(t);
-            since >= self.cfg.thread_state_interval
-                || (refresh && since >= self.cfg.thread_state_interval / 2)
-        });
+        // Once a dependency over a unix socket is known, every round: thread states are its
+        // only measure.
+        let states_due = self.unix.found
+            || self.last_thread_states.map_or(true, |t| {
+                let since = now.saturating_duration_since(t);
+                since >= self.cfg.thread_state_interval
+                    || (refresh && since >= self.cfg.thread_state_interval / 2)
+            });
+        let mut blocked_on = Vec::new();
+        let mut interval = 0.0;
         if states_due || oracle.sampled() {
             let futex_blocked = oracle.futex_blocked();
-            let interval = self
+            interval = self
                 .last_thread_states
                 .map_or(0.0, |t| now.saturating_duration_since(t).as_secs_f64());
             self.budget.blocked_lock_s += futex_blocked as f64 * interval;
             self.last_thread_states = Some(now);
+            blocked_on = oracle.blocked_on().to_vec();
+        }
+        if !blocked_on.is_empty() {
+            self.add_unix_waits(&mut sockets, &blocked_on, interval);
         }
         match result {
             Ok(round) => self.add_round(&sockets, round, dt),
@@ -114,6 +123,29 @@ impl Session {
         }
         self.progress.inbound = round.inbound_conns;
         self.progress.outbound = round.outbound_conns;
+    }
+
+    /// Time awaiting dependencies over unix-domain sockets: each thread blocked reading one
+    /// stands for one request outstanding on it since the previous thread sample.
+    fn add_unix_waits(&mut self, sockets: &mut SocketSampler, blocked_on: &[u64], interval: f64) {
+        // The service's TCP sockets are the socket sampler's.
+        let untracked: Vec<u64> = blocked_on
+            .iter()
+            .copied()
+            .filter(|&i| !sockets.open_since_dump(i))
+            .collect();
+        let waiting = self.unix.waiting(&untracked, sockets);
+        for (endpoint, kind, threads) in waiting {
+            self.budget
+                .downstream
+                .entry(endpoint)
+                .or_insert_with(|| DependencyTime {
+                    kind: kind.to_string(),
+                    name: None,
+                    awaiting_s: 0.0,
+                })
+                .awaiting_s += threads as f64 * interval;
+        }
     }
 
     /// Requests whose bytes sit unread, by socket inode: queued time, and the part of it that

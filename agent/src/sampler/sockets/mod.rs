@@ -29,7 +29,9 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 
 use super::shape::{Known, Shape};
-use crate::sockdiag::{SockDiag, SockDiagError, TcpInfo, TcpSocket, TCP_ESTABLISHED, TCP_LISTEN};
+use crate::sockdiag::{
+    SockDiag, SockDiagError, TcpInfo, TcpSocket, UnixSocket, TCP_ESTABLISHED, TCP_LISTEN,
+};
 pub use decide::{decide, last_data, Decision, Fill, How, LastData, Reader, ThreadOracle};
 use decide::{known, NoThreads};
 use gaps::{gap_busy, last_exchange_ms};
@@ -209,6 +211,12 @@ impl SocketSampler {
     /// mapped to it needs no new readlink (see `session::fds::scan_fds`).
     pub fn open_since_dump(&self, inode: u64) -> bool {
         self.open_at_dump.contains(&inode)
+    }
+
+    /// The unix-domain socket with this inode in the service's namespace, with its name and
+    /// peer (`None`: not a unix socket, or gone).
+    pub fn unix_socket(&mut self, inode: u64) -> Result<Option<UnixSocket>, SockDiagError> {
+        self.diag.unix_lookup(inode)
     }
 
     /// The agent's own socket inodes: an inbound connection from one of their local addresses
