@@ -7,12 +7,44 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
 
 pub struct PgConn {
-    s: TcpStream,
+    s: Stream,
 }
 
-fn read_msg(s: &mut TcpStream, body: &mut Vec<u8>) -> std::io::Result<u8> {
+/// TCP (`HOST:PORT`) or the server's unix-domain socket (a path: `DIR/.s.PGSQL.PORT`), as
+/// libpq connects either way.
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(buf),
+            Stream::Unix(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.flush(),
+            Stream::Unix(s) => s.flush(),
+        }
+    }
+}
+
+fn read_msg(s: &mut Stream, body: &mut Vec<u8>) -> std::io::Result<u8> {
     let mut head = [0u8; 5];
     s.read_exact(&mut head)?;
     let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
@@ -27,8 +59,13 @@ fn bad(what: String) -> std::io::Error {
 
 impl PgConn {
     pub fn connect(addr: &str) -> std::io::Result<PgConn> {
-        let mut s = TcpStream::connect(addr)?;
-        s.set_nodelay(true)?;
+        let mut s = if addr.starts_with('/') {
+            Stream::Unix(UnixStream::connect(addr)?)
+        } else {
+            let s = TcpStream::connect(addr)?;
+            s.set_nodelay(true)?;
+            Stream::Tcp(s)
+        };
         let mut params = Vec::new();
         params.extend_from_slice(&196608u32.to_be_bytes());
         for kv in ["user", "postgres", "database", "postgres"] {
