@@ -190,8 +190,33 @@ fn largest_group(f: &Facts, evidence: &mut Vec<String>) -> (Verdict, f64) {
         (margin * 100.0).round()
     ));
     // The verdict speaks for the rest of request time only.
-    (
-        top,
-        (0.5 + 0.5 * ramp(margin, 0.0, 0.4)) * (1.0 - send_queue),
-    )
+    let mut confidence = (0.5 + 0.5 * ramp(margin, 0.0, 0.4)) * (1.0 - send_queue);
+    if top == Verdict::ScaleOut {
+        confidence *= unexplained_waiting(f, evidence);
+    }
+    (top, confidence)
+}
+
+/// In-process waiting is what is left of request time once everything measured is taken out,
+/// so time the agent did not see (a dependency over a socket it does not track, connections
+/// opened per call) lands there too. A scale-out verdict is as sure as the waiting is explained
+/// by something measured: threads contending on locks, requests queued unread for a worker, a
+/// response held in the send queue. Mostly unexplained, it holds the confidence below 0.6 and
+/// says what may be missing. Returns the factor on the confidence.
+fn unexplained_waiting(f: &Facts, evidence: &mut Vec<String>) -> f64 {
+    let (b, s, r) = (f.b, &f.s.breakdown, f.m.r);
+    let local_s = s.local_wait * r;
+    if local_s <= 0.0 {
+        return 1.0;
+    }
+    let queued_for_workers = (b.queued_s - b.loop_queued_s).max(0.0);
+    let explained = ((b.blocked_lock_s + queued_for_workers + b.send_queue_s) / local_s).min(1.0);
+    let factor = 0.4 + 0.6 * ramp(explained, 0.1, 0.5);
+    if factor < 1.0 {
+        evidence.push(format!(
+            "only {} of the in-process waiting is explained by what was measured (lock waits, requests queued for a worker, responses in the send queue): the rest may be waiting the agent does not see, such as a dependency over a socket it does not track or connections opened per call; the verdict is held back accordingly",
+            pct(explained)
+        ));
+    }
+    factor
 }
