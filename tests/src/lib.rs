@@ -4,6 +4,7 @@
 
 pub mod collector;
 pub mod harness;
+pub mod metrics;
 pub mod prometheus;
 pub mod receiver;
 pub mod workload;
