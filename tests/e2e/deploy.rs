@@ -13,9 +13,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use scalewise_e2e::harness::TempDir;
 use scalewise_e2e::prometheus::{
     dashboard_queries, dashboards, panels, prometheus_config, repo_root, run_tool, substitute,
-    tool, variables_used, yaml_documents, Prometheus, TempDir,
+    tool, variables_used, yaml_documents, Prometheus,
 };
 use serde_json::Value;
 use synthetic::{openmetrics, HISTORY_S};
