@@ -15,7 +15,7 @@ use scalewise_e2e::harness::{
     exclusive, free_port, orders_on_postgres, wait_until, Load, RunAgent, Service, TempDir,
 };
 use scalewise_e2e::prometheus::{
-    dashboard_queries, http_get, prometheus_config, promtool_check_metrics, substitute, Prometheus,
+    dashboard_queries, for_service, http_get, prometheus_config, promtool_check_metrics, Prometheus,
 };
 
 fn wait_http_ok(addr: &str, path: &str, what: &str) {
@@ -104,15 +104,7 @@ fn every_panel_query_returns_data_from_real_agents_and_a_real_collector() {
             &["orders"]
         };
         for service in services {
-            let expr = substitute(
-                &q.expr,
-                &[
-                    ("service", service),
-                    ("instance", ".*"),
-                    ("agent", ".*"),
-                    ("collector", ".*"),
-                ],
-            );
+            let expr = for_service(&q.expr, service);
             match prom.query(&expr) {
                 Ok(r) if !r.is_empty() => filled.push(*service),
                 Ok(_) => {}

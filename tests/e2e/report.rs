@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use scalewise_e2e::harness::{
-    self, agent_bin, exclusive, orders_on_postgres, Load, Service, TempDir,
+    self, agent_bin, diagnose_report, exclusive, orders_on_postgres, Load, Service, TempDir,
 };
 
 /// Runs `diagnose --format json --report DIR/r.{json,md,html}` and returns the diagnosis and the
@@ -194,24 +194,15 @@ fn a_go_binary_is_recognised_with_its_version() {
     let _x = exclusive();
     let dir = TempDir::new("report-go").expect("temp dir");
     let svc = Service::go(&["--cpu-ms", "1"]).expect("go service");
-    let out = Command::new(agent_bin())
-        .args(["diagnose", "--quiet", "--format", "json", "--duration", "1"])
-        .args(["--pid", &svc.pid.to_string(), "--report"])
-        .arg(dir.join("r.md"))
-        .output()
-        .expect("agent");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let md = dir.join("r.md");
+    let v =
+        diagnose_report(&[svc.pid], 1.0, &["--report", md.to_str().expect("utf8")]).expect("agent");
     let rt = &v["services"][0]["runtime"];
     assert_eq!(rt["name"], "go", "{v:#}");
     let version = rt["version"].as_str().unwrap_or_default();
     assert!(version.starts_with("go1."), "{rt}");
     // Idle: the report says it cannot tell, and names the runtime.
-    let md = std::fs::read_to_string(dir.join("r.md")).expect("md");
+    let md = std::fs::read_to_string(md).expect("md");
     assert!(md.contains(version), "{md}");
 }
 
@@ -219,17 +210,7 @@ fn a_go_binary_is_recognised_with_its_version() {
 fn a_jvm_is_recognised_with_its_version_from_hsperfdata() {
     let _x = exclusive();
     let svc = Service::java(&["-Xmx64m"], &["--workers", "2", "--cpu-ms", "1"]).expect("jvm");
-    let out = Command::new(agent_bin())
-        .args(["diagnose", "--quiet", "--format", "json", "--duration", "1"])
-        .args(["--pid", &svc.pid.to_string()])
-        .output()
-        .expect("agent");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let v = diagnose_report(&[svc.pid], 1.0, &[]).expect("agent");
     let rt = &v["services"][0]["runtime"];
     assert_eq!(rt["name"], "java", "{v:#}");
     assert_eq!(rt["evidence"], "hsperfdata", "{rt}");

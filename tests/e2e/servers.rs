@@ -165,7 +165,7 @@ fn redis_avg_latency(child: Child) -> f64 {
 fn redis_saturated_by_fifty_clients_is_scale_up_not_lock_contention() {
     let _x = exclusive();
     let (server, port) = redis();
-    let pid = server.0.id();
+    let pid = server.pid();
     let bench = redis_benchmark(port, 50, 1_500_000);
     std::thread::sleep(Duration::from_secs(1));
     let d = diagnose(&[pid], WINDOW_S, &[]).expect("diagnose");
@@ -182,7 +182,7 @@ fn redis_saturated_by_fifty_clients_is_scale_up_not_lock_contention() {
 fn redis_with_one_client_is_not_called_scale_out_or_dependency() {
     let _x = exclusive();
     let (server, port) = redis();
-    let pid = server.0.id();
+    let pid = server.pid();
     let bench = redis_benchmark(port, 1, 300_000);
     std::thread::sleep(Duration::from_secs(1));
     let d = diagnose(&[pid], WINDOW_S, &[]).expect("diagnose");
@@ -250,7 +250,7 @@ fn nginx_saturating_the_host_is_scale_up() {
     let _x = exclusive();
     let dir = TempDir::new("nginx").expect("temp dir");
     let (server, port) = nginx(&dir);
-    let pids = with_children(server.0.id());
+    let pids = with_children(server.pid());
     assert!(pids.len() >= 3, "master and two workers: {pids:?}");
     let wrk = Command::new("wrk")
         .args(["-t", "2", "-c", "32", "-d", &format!("{}s", WINDOW_S + 2.0)])
@@ -270,7 +270,7 @@ fn nginx_waiting_on_its_clients_is_not_the_bottleneck() {
     let _x = exclusive();
     let dir = TempDir::new("nginx-idle").expect("temp dir");
     let (server, port) = nginx(&dir);
-    let pids = with_children(server.0.id());
+    let pids = with_children(server.pid());
     // Eight clients that think ~50 ms between requests: the server idles on them.
     let load = Load::start_with(
         port,

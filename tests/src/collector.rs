@@ -180,13 +180,7 @@ impl Collector {
 
     /// Resident memory of the collector process, in bytes.
     pub fn rss_bytes(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map_or(0, |kb| kb * 1024)
+        crate::harness::rss_kib(self.pid()) * 1024
     }
 
     /// A value from `/metrics`: the first series of `name` with `labels` ([`metrics::value`]).

@@ -158,6 +158,18 @@ pub fn wait_listening(port: u16) {
     );
 }
 
+/// Resident memory of a process (`VmRSS` of `/proc/PID/status`), in KiB; 0 once it is gone.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// Whether the tests run as root (namespaces, other users, capabilities). When not, says that
 /// the test calling it is skipped and why: such tests pass without root, saying so.
 pub fn root(why: &str) -> bool {
@@ -698,14 +710,7 @@ impl RunAgent {
 
     /// Its resident memory, in KiB (0 once it is gone).
     pub fn rss_kib(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("VmRSS:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            })
-            .unwrap_or(0)
+        rss_kib(self.pid())
     }
 
     /// SIGTERM and wait ([`stop`]): whether it exited successfully within the grace period, and

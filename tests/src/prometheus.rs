@@ -199,17 +199,7 @@ impl Prometheus {
 
 impl Drop for Prometheus {
     fn drop(&mut self) {
-        // SAFETY: signalling our own child by pid.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        crate::harness::stop(&mut self.child);
     }
 }
 
@@ -330,6 +320,20 @@ pub fn substitute(expr: &str, vars: &[(&str, &str)]) -> String {
         out = out.replace(&format!("${k}"), v);
     }
     out
+}
+
+/// `expr` as a dashboard shows it for one service: [`substitute`] with `$service` set to
+/// `service` and every instance, agent and collector selected (`.*`).
+pub fn for_service(expr: &str, service: &str) -> String {
+    substitute(
+        expr,
+        &[
+            ("service", service),
+            ("instance", ".*"),
+            ("agent", ".*"),
+            ("collector", ".*"),
+        ],
+    )
 }
 
 /// A YAML file's documents as JSON, through Python's PyYAML.

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use scalewise_core::engine::{diagnose, Thresholds};
 use scalewise_e2e::collector::{collector_bin, get, now_ns, Instance, Profile};
-use scalewise_e2e::harness::{free_port, stop, Load, RunAgent, Service, TempDir};
+use scalewise_e2e::harness::{free_port, rss_kib, stop, Load, RunAgent, Service, TempDir};
 use scalewise_e2e::metrics;
 use scalewise_e2e::workload::Args;
 
@@ -212,15 +212,6 @@ fn sender(
             stats.churned.fetch_add(1, Ordering::Relaxed);
         }
     }
-}
-
-fn proc_status_kb(pid: u32, key: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .unwrap_or(0.0)
 }
 
 /// utime + stime of a process, in seconds.
@@ -530,7 +521,7 @@ fn run() -> anyhow::Result<()> {
             collector_exit = Some(st);
             break;
         }
-        let rss = proc_status_kb(cpid, "VmRSS:") / 1024.0;
+        let rss = rss_kib(cpid) as f64 / 1024.0;
         let fds = std::fs::read_dir(format!("/proc/{cpid}/fd")).map_or(0, |d| d.count()) as f64;
         let (db, wal) = dir_bytes(&data);
         let cpu = proc_cpu_s(cpid);
