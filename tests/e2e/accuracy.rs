@@ -6,7 +6,7 @@
 //! breakdown component over the same window (tolerance 0.10) and the verdict. The tests share
 //! a 2-core machine, so they run one at a time.
 
-use scalewise_e2e::harness::{diagnose, exclusive, Load, Postgres, Service};
+use scalewise_e2e::harness::{diagnose, exclusive, orders_on_postgres, Load, Postgres, Service};
 use scalewise_e2e::workload::TruthShares;
 
 const WINDOW_S: f64 = 8.0;
@@ -190,19 +190,7 @@ fn cpu_saturated_thread_per_request() {
 #[test]
 fn dependency_bound_on_postgresql_thread_per_request() {
     let _x = exclusive();
-    let pg = Postgres::start().expect("postgres");
-    let svc = Service::workload(&[
-        "serve",
-        "--workers",
-        "8",
-        "--cpu-ms",
-        "2",
-        "--db",
-        &pg.addr(),
-        "--db-ms",
-        "25",
-    ])
-    .expect("service");
+    let (pg, svc) = orders_on_postgres().expect("service");
     // A private cluster listens on a free port, not 5432: name it, as a user would.
     let (d, _) = run(Scenario {
         name: "pg-thread-per-request",

@@ -3,7 +3,6 @@
 //! `wire::budget_points`. Each window is compared with `engine::diagnose` of the budget the
 //! sender knows it sent.
 
-use std::io::Write;
 use std::process::Command;
 use std::time::Duration;
 
@@ -12,9 +11,9 @@ use prost::Message;
 use scalewise_collector::otlp;
 use scalewise_core::budget::Budget;
 use scalewise_core::engine::{diagnose, Thresholds};
-use scalewise_e2e::collector::{
-    collector_bin, gzip, now_ns, post, temp_dir, Collector, Instance, Profile,
-};
+use scalewise_e2e::collector::{collector_bin, gzip, now_ns, post, Collector, Instance, Profile};
+use scalewise_e2e::harness::{self, TempDir};
+use scalewise_e2e::prometheus::promtool_check_metrics;
 
 const S: u64 = 1_000_000_000;
 
@@ -218,13 +217,19 @@ fn grpc_export_is_received_like_http() {
         .expect("answer");
     assert_matches_engine(&got, "grpc-svc", &i.profile.budget(50.0));
     assert!(
-        c.metric("scalewise_collector_requests_rejected_total{reason=\"too_large\"}")
-            .expect("m")
+        c.metric(
+            "scalewise_collector_requests_rejected_total",
+            &[("reason", "too_large")]
+        )
+        .expect("m")
             >= 1.0
     );
     assert!(
-        c.metric("scalewise_collector_points_received_total{transport=\"grpc\"}")
-            .expect("m")
+        c.metric(
+            "scalewise_collector_points_received_total",
+            &[("transport", "grpc")]
+        )
+        .expect("m")
             > 0.0
     );
 }
@@ -487,12 +492,15 @@ fn hostile_input_is_refused_or_counted_and_changes_no_other_answer() {
     }
     assert!(dropped_req >= 99_000, "{dropped_req}");
     assert_eq!(
-        c.metric("scalewise_collector_services ").expect("m"),
+        c.metric("scalewise_collector_services", &[]).expect("m"),
         1000.0
     );
     assert!(
-        c.metric("scalewise_collector_overflow_dropped_total{limit=\"services\"}")
-            .expect("m")
+        c.metric(
+            "scalewise_collector_overflow_dropped_total",
+            &[("limit", "services")]
+        )
+        .expect("m")
             >= 99_000.0
     );
 
@@ -506,9 +514,10 @@ fn hostile_input_is_refused_or_counted_and_changes_no_other_answer() {
     assert!(rss < 200 << 20, "collector RSS {} MiB", rss >> 20);
     for reason in ["decode", "too_large", "bad_gzip"] {
         assert!(
-            c.metric(&format!(
-                "scalewise_collector_requests_rejected_total{{reason=\"{reason}\"}}"
-            ))
+            c.metric(
+                "scalewise_collector_requests_rejected_total",
+                &[("reason", reason)]
+            )
             .expect("counted")
                 >= 1.0,
             "{reason}"
@@ -516,9 +525,10 @@ fn hostile_input_is_refused_or_counted_and_changes_no_other_answer() {
     }
     for reason in ["bad_value", "future_timestamp", "no_service_name"] {
         assert!(
-            c.metric(&format!(
-                "scalewise_collector_points_rejected_total{{reason=\"{reason}\"}}"
-            ))
+            c.metric(
+                "scalewise_collector_points_rejected_total",
+                &[("reason", reason)]
+            )
             .expect("counted")
                 >= 1.0,
             "{reason}"
@@ -552,26 +562,9 @@ fn promtool_accepts_a_real_scrape() {
         assert!(text.contains(name), "no {name} in\n{text}");
     }
     assert!(text.contains("scalewise_verdict{service_name=\"db-bound\",verdict=\"dependency\"} 1"));
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
+    let (ok, out) = promtool_check_metrics(&text)
         .expect("promtool (scripts/install-deps installs Debian's prometheus package)");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("write");
-    let out = child.wait_with_output().expect("promtool");
-    assert!(
-        out.status.success(),
-        "promtool check metrics:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(ok, "promtool check metrics:\n{out}");
 }
 
 #[test]
@@ -615,7 +608,7 @@ fn kill_9_loses_at_most_one_flush_and_never_corrupts() {
     let acked = t - S / 2;
     // Wait until everything acknowledged so far is durable (the next flush wrote it).
     while c
-        .metric("scalewise_collector_pending_snapshots ")
+        .metric("scalewise_collector_pending_snapshots", &[])
         .unwrap_or(1.0)
         > 0.0
     {
@@ -753,9 +746,10 @@ fn two_shards_answer_exactly_as_one_collector() {
 #[test]
 fn exposed_listens_need_tokens_and_tokens_are_checked() {
     // A non-loopback listen without a token file is refused before binding.
+    let data = TempDir::new("exposed").expect("temp dir");
     let out = Command::new(collector_bin())
         .args(["--listen", "0.0.0.0:0", "--data-dir"])
-        .arg(temp_dir("exposed"))
+        .arg(&data)
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(64));
@@ -775,7 +769,7 @@ fn exposed_listens_need_tokens_and_tokens_are_checked() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("metrics_window = \"5m\""));
 
-    let dir = temp_dir("tokens");
+    let dir = TempDir::new("tokens").expect("temp dir");
     let tokens = dir.join("tokens");
     std::fs::write(&tokens, "# ops\ns3cret\n").expect("write");
     let grpc_port = scalewise_e2e::harness::free_port();
@@ -838,31 +832,16 @@ fn exposed_listens_need_tokens_and_tokens_are_checked() {
     assert_eq!(c.get("/healthz").expect("health").0, 200);
 }
 
-/// Headless Chromium, as the brief prescribes: no sandbox (root), no network chatter, its own
-/// profile dir. Returns stdout.
+/// Headless Chromium ([`harness::chromium`]) in a 1400x900 window; its stdout.
 fn chromium(args: &[&str]) -> String {
-    let profile = temp_dir("chromium");
-    let out = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--window-size=1400,900",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .args(args)
-        .output()
+    let mut all = vec!["--window-size=1400,900"];
+    all.extend(args);
+    let out = harness::chromium(&all)
         .expect("chromium (scripts/install-deps installs Debian's chromium package)");
-    let _ = std::fs::remove_dir_all(&profile);
     assert!(
-        out.status.success(),
+        out.status.is_some_and(|s| s.success()),
         "chromium failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+        out.stderr
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -902,7 +881,7 @@ fn the_web_page_shows_services_and_verdicts_in_a_real_browser() {
         }
     }
     let list = c.json("/api/v1/services").expect("list");
-    let dir = temp_dir("screens");
+    let dir = TempDir::new("screens").expect("temp dir").keep();
     let shot = dir.join("fleet.png");
     chromium(&[&format!("--screenshot={}", shot.display()), &c.url()]);
     let dom = chromium(&["--dump-dom", &c.url()]);

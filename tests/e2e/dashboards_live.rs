@@ -8,73 +8,31 @@
 //! the services gives it data (the CPU-bound service has no dependency to show, the PostgreSQL
 //! one no run-queue delay to speak of), and the test prints which service filled which panel.
 
-use std::io::Write;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use scalewise_e2e::harness::{agent_bin, exclusive, free_port, Load, Postgres, Service};
+use scalewise_e2e::collector::Collector;
+use scalewise_e2e::harness::{
+    exclusive, free_port, orders_on_postgres, wait_until, Load, RunAgent, Service, TempDir,
+};
 use scalewise_e2e::prometheus::{
-    dashboard_queries, http_get, prometheus_config, substitute, tool, Prometheus, TempDir,
+    dashboard_queries, for_service, http_get, prometheus_config, promtool_check_metrics, Prometheus,
 };
 
-/// A child process stopped by pid (SIGTERM, then SIGKILL) on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child by pid.
-        unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn wait_http_ok(addr: &str, path: &str, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok((200, _)) = http_get(addr, path) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what} never answered 200 on {addr}{path}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until(
+        Duration::from_secs(30),
+        &format!("{what} to answer 200 on {addr}{path}"),
+        || matches!(http_get(addr, path), Ok((200, _))),
+    );
 }
 
 /// `promtool check metrics` on a real scrape of `addr`'s /metrics.
 fn check_metrics(addr: &str, what: &str) -> String {
     let (code, body) = http_get(addr, "/metrics").expect("scrape");
     assert_eq!(code, 200, "{what} /metrics: {body}");
-    let mut child = Command::new(tool("promtool").expect("promtool"))
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(body.as_bytes())
-        .expect("write");
-    let out = child.wait_with_output().expect("promtool check metrics");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, text) = promtool_check_metrics(&body).expect("promtool check metrics");
     assert!(
-        out.status.success() && text.trim().is_empty(),
+        ok && text.trim().is_empty(),
         "{what}: promtool check metrics:\n{text}"
     );
     body
@@ -84,53 +42,34 @@ fn check_metrics(addr: &str, what: &str) -> String {
 fn every_panel_query_returns_data_from_real_agents_and_a_real_collector() {
     let _x = exclusive();
     let dir = TempDir::new("live").expect("temp dir");
-    let pg = Postgres::start().expect("postgres");
-    let orders = Service::workload(&[
-        "serve",
-        "--workers",
-        "8",
-        "--cpu-ms",
-        "2",
-        "--db",
-        &pg.addr(),
-        "--db-ms",
-        "25",
-    ])
-    .expect("dependency-bound service");
+    let (_pg, orders) = orders_on_postgres().expect("dependency-bound service");
     let pricing = Service::workload(&["serve", "--workers", "2", "--cpu-ms", "15"])
         .expect("CPU-bound service");
     let _load_orders = Load::start(orders.port, 6, 300.0, 0.0).expect("load");
     let _load_pricing = Load::start(pricing.port, 4, 300.0, 0.0).expect("load");
 
-    let collector_addr = format!("127.0.0.1:{}", free_port());
-    let data = dir.path().join("collector-data");
-    std::fs::create_dir_all(&data).expect("data dir");
-    let _collector = Proc(
-        Command::new(agent_bin().with_file_name("scalewise-collector"))
-            .arg("--listen")
-            .arg(&collector_addr)
-            .arg("--data-dir")
-            .arg(&data)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start scalewise-collector"),
-    );
-    wait_http_ok(&collector_addr, "/readyz", "the collector");
+    let collector = Collector::start(&[]).expect("start scalewise-collector");
+    let collector_addr = format!("127.0.0.1:{}", collector.port);
 
     let mut agents = Vec::new();
     let mut agent_addrs = Vec::new();
     for (svc, name) in [(&orders, "orders"), (&pricing, "pricing")] {
         let metrics = format!("127.0.0.1:{}", free_port());
-        agents.push(Proc(
-            Command::new(agent_bin())
-                .args(["run", "--pid", &svc.pid.to_string(), "--service", name])
-                .arg("--collector")
-                .arg(format!("http://{collector_addr}"))
-                .args(["--export-interval", "2", "--metrics-listen", &metrics])
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("start scalewise-agent run"),
-        ));
+        agents.push(
+            RunAgent::start(&[
+                "--pid",
+                &svc.pid.to_string(),
+                "--service",
+                name,
+                "--collector",
+                &collector.url(),
+                "--export-interval",
+                "2",
+                "--metrics-listen",
+                &metrics,
+            ])
+            .expect("start scalewise-agent run"),
+        );
         wait_http_ok(&metrics, "/metrics", "an agent");
         agent_addrs.push(metrics);
     }
@@ -165,15 +104,7 @@ fn every_panel_query_returns_data_from_real_agents_and_a_real_collector() {
             &["orders"]
         };
         for service in services {
-            let expr = substitute(
-                &q.expr,
-                &[
-                    ("service", service),
-                    ("instance", ".*"),
-                    ("agent", ".*"),
-                    ("collector", ".*"),
-                ],
-            );
+            let expr = for_service(&q.expr, service);
             match prom.query(&expr) {
                 Ok(r) if !r.is_empty() => filled.push(*service),
                 Ok(_) => {}

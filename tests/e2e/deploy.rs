@@ -13,9 +13,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use scalewise_e2e::harness::TempDir;
 use scalewise_e2e::prometheus::{
-    dashboard_queries, dashboards, panels, prometheus_config, repo_root, run_tool, substitute,
-    tool, variables_used, yaml_documents, Prometheus, TempDir,
+    dashboard_queries, dashboards, for_service, panels, prometheus_config, repo_root, run_tool,
+    tool, variables_used, yaml_documents, Prometheus,
 };
 use serde_json::Value;
 use synthetic::{openmetrics, HISTORY_S};
@@ -330,15 +331,9 @@ fn dashboards_are_well_formed() {
 fn every_dashboard_query_is_valid_promql() {
     let queries = dashboard_queries().expect("queries");
     assert!(queries.len() > 50, "only {} queries", queries.len());
-    let vars = [
-        ("service", "orders"),
-        ("instance", ".*"),
-        ("agent", ".*"),
-        ("collector", ".*"),
-    ];
     let mut yaml = String::from("groups:\n  - name: dashboard_queries\n    rules:\n");
     for (i, q) in queries.iter().enumerate() {
-        let expr = substitute(&q.expr, &vars);
+        let expr = for_service(&q.expr, "orders");
         assert!(
             !expr.contains('$'),
             "{} / {}: unsubstituted variable in {expr}",
@@ -399,15 +394,7 @@ fn every_panel_query_returns_data_from_a_real_prometheus() {
     let mut checked = 0;
     for q in dashboard_queries().expect("queries") {
         for service in services {
-            let expr = substitute(
-                &q.expr,
-                &[
-                    ("service", service),
-                    ("instance", ".*"),
-                    ("agent", ".*"),
-                    ("collector", ".*"),
-                ],
-            );
+            let expr = for_service(&q.expr, service);
             match prom.query(&expr) {
                 Ok(r) if !r.is_empty() => {}
                 Ok(_) => empty.push(format!(

@@ -5,33 +5,21 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use scalewise_collector::otlp;
-use scalewise_e2e::collector::{collector_bin, now_ns, temp_dir, Collector, Instance, Profile};
+use scalewise_e2e::collector::{collector_bin, now_ns, Collector, Instance, Profile};
 use scalewise_e2e::harness::{
-    agent_bin, as_nobody, exclusive, free_port, root_with_only, stop, workload_bin, wrapped, NetNs,
-    Service,
+    agent_bin, as_nobody, exclusive, free_port, root_with_only, wait_until, workload_bin, wrapped,
+    NetNs, Proc, RunAgent, Service, TempDir,
 };
+use scalewise_e2e::metrics::{sum, value};
 
 const S: u64 = 1_000_000_000;
 
 fn root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("skipped: needs root");
-    }
-    root
-}
-
-fn wait_until(secs: u64, what: &str, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    scalewise_e2e::harness::root("for mount and network namespaces and other users")
 }
 
 /// Sends `inst`'s snapshot now, once a second, for `secs` seconds.
@@ -65,7 +53,7 @@ fn a_full_disk_is_counted_served_from_memory_and_recovered_from() {
     }
     // The data dir is a 512 KiB tmpfs mounted in the collector's own mount namespace: it goes
     // away with the collector, and the test reaches it through /proc/PID/root.
-    let data = temp_dir("faults-enospc");
+    let data = TempDir::new("faults-enospc").expect("temp dir");
     let wrapper: Vec<String> = [
         "unshare",
         "--mount",
@@ -81,7 +69,8 @@ fn a_full_disk_is_counted_served_from_memory_and_recovered_from() {
     .chain([data.to_string_lossy().into_owned()])
     .collect();
     // Room for 6 snapshots while the disk is full: the oldest beyond that are dropped, counted.
-    let config = temp_dir("faults-enospc-config").join("collector.toml");
+    let config_dir = TempDir::new("faults-enospc-config").expect("temp dir");
+    let config = config_dir.join("collector.toml");
     std::fs::write(&config, "[limits]\nmax_pending_snapshots = 6\n").expect("config");
     let c = Collector::start_wrapped(
         &wrapper,
@@ -94,8 +83,8 @@ fn a_full_disk_is_counted_served_from_memory_and_recovered_from() {
     let p = Profile::dependency_bound();
     let inst = Instance::new("orders", "orders-1", 11, p.clone(), now_ns() - 30 * S);
     export_for(&c, &inst, 3);
-    wait_until(10, "the first flush", || {
-        c.metric("scalewise_collector_pending_snapshots").ok() == Some(0.0)
+    wait_until(Duration::from_secs(10), "the first flush", || {
+        c.metric("scalewise_collector_pending_snapshots", &[]).ok() == Some(0.0)
     });
     assert!(inside.join("scalewise.sqlite").exists());
     assert!(!data.join("scalewise.sqlite").exists(), "not on the tmpfs");
@@ -111,25 +100,34 @@ fn a_full_disk_is_counted_served_from_memory_and_recovered_from() {
     };
     drop(f);
     assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
-    let failed = "scalewise_collector_sqlite_write_errors_total{reason=\"disk_full\"}";
-    let before = c.metric(failed).expect("write error counter");
+    let failed = || {
+        c.metric(
+            "scalewise_collector_sqlite_write_errors_total",
+            &[("reason", "disk_full")],
+        )
+    };
+    let before = failed().expect("write error counter");
     export_for(&c, &inst, 4);
-    wait_until(10, "a failed flush", || {
-        c.metric(failed).unwrap_or(0.0) > before
+    wait_until(Duration::from_secs(10), "a failed flush", || {
+        failed().unwrap_or(0.0) > before
     });
     let pending = c
-        .metric("scalewise_collector_pending_snapshots")
+        .metric("scalewise_collector_pending_snapshots", &[])
         .expect("pending");
     assert!(pending > 0.0, "kept in memory for the next flush");
     // More than the room for them: the newest kept, the rest counted as dropped.
     export_for(&c, &inst, 6);
-    wait_until(10, "pending snapshots dropped past the limit", || {
-        c.metric("scalewise_collector_pending_dropped_total")
-            .unwrap_or(0.0)
-            > 0.0
-    });
+    wait_until(
+        Duration::from_secs(10),
+        "pending snapshots dropped past the limit",
+        || {
+            c.metric("scalewise_collector_pending_dropped_total", &[])
+                .unwrap_or(0.0)
+                > 0.0
+        },
+    );
     let held = c
-        .metric("scalewise_collector_pending_snapshots")
+        .metric("scalewise_collector_pending_snapshots", &[])
         .expect("pending");
     assert!(held <= 6.0, "{held} pending with room for 6");
     // Still answering, from memory, with the snapshots the disk refused.
@@ -139,36 +137,33 @@ fn a_full_disk_is_counted_served_from_memory_and_recovered_from() {
     // Space again: the next flushes write what was kept, and the failures stop.
     std::fs::remove_file(&fill).expect("free space");
     export_for(&c, &inst, 1);
-    wait_until(15, "a flush after the disk has room", || {
-        c.metric("scalewise_collector_pending_snapshots").ok() == Some(0.0)
-    });
-    let after = c.metric(failed).expect("counter");
-    export_for(&c, &inst, 3);
-    wait_until(10, "the last exports flushed", || {
-        c.metric("scalewise_collector_pending_snapshots").ok() == Some(0.0)
-    });
-    assert_eq!(
-        c.metric(failed).expect("counter"),
-        after,
-        "no failure once freed"
+    wait_until(
+        Duration::from_secs(15),
+        "a flush after the disk has room",
+        || c.metric("scalewise_collector_pending_snapshots", &[]).ok() == Some(0.0),
     );
+    let after = failed().expect("counter");
+    export_for(&c, &inst, 3);
+    wait_until(Duration::from_secs(10), "the last exports flushed", || {
+        c.metric("scalewise_collector_pending_snapshots", &[]).ok() == Some(0.0)
+    });
+    assert_eq!(failed().expect("counter"), after, "no failure once freed");
     assert_steady(&c, "orders", "1m", &p);
     eprintln!(
         "disk full: {} failed flushes, {pending} snapshots held, all written after",
         after - before
     );
-    let _ = std::fs::remove_dir_all(&data);
 }
 
 #[test]
 fn a_store_removed_while_running_is_created_anew_with_what_memory_holds() {
-    let data = temp_dir("faults-removed");
+    let data = TempDir::new("faults-removed").expect("temp dir");
     let mut c = Collector::start_in(&data, &[]).expect("collector");
     let p = Profile::cpu_bound();
     let inst = Instance::new("render", "render-1", 21, p.clone(), now_ns() - 20 * S);
     export_for(&c, &inst, 3);
-    wait_until(10, "the first flush", || {
-        c.metric("scalewise_collector_pending_snapshots").ok() == Some(0.0)
+    wait_until(Duration::from_secs(10), "the first flush", || {
+        c.metric("scalewise_collector_pending_snapshots", &[]).ok() == Some(0.0)
     });
     for f in [
         "scalewise.sqlite",
@@ -178,14 +173,19 @@ fn a_store_removed_while_running_is_created_anew_with_what_memory_holds() {
         let _ = std::fs::remove_file(data.join(f));
     }
     export_for(&c, &inst, 3);
-    wait_until(10, "the store created anew", || {
-        c.metric("scalewise_collector_sqlite_recreated_total").ok() == Some(1.0)
-            && c.metric("scalewise_collector_pending_snapshots").ok() == Some(0.0)
+    wait_until(Duration::from_secs(10), "the store created anew", || {
+        c.metric("scalewise_collector_sqlite_recreated_total", &[])
+            .ok()
+            == Some(1.0)
+            && c.metric("scalewise_collector_pending_snapshots", &[]).ok() == Some(0.0)
     });
     assert!(data.join("scalewise.sqlite").exists());
     assert_eq!(
-        c.metric("scalewise_collector_sqlite_write_errors_total{reason=\"other\"}")
-            .ok(),
+        c.metric(
+            "scalewise_collector_sqlite_write_errors_total",
+            &[("reason", "other")]
+        )
+        .ok(),
         Some(0.0)
     );
     assert_steady(&c, "render", "1m", &p);
@@ -199,12 +199,11 @@ fn a_store_removed_while_running_is_created_anew_with_what_memory_holds() {
         "the window covers the time before the removal: {d:#}"
     );
     assert!(c.stop().expect("stop").success());
-    let _ = std::fs::remove_dir_all(&data);
 }
 
 #[test]
 fn a_corrupt_store_at_start_is_set_aside_and_the_collector_serves() {
-    let data = temp_dir("faults-corrupt");
+    let data = TempDir::new("faults-corrupt").expect("temp dir");
     std::fs::create_dir_all(&data).expect("data dir");
     // Not a database at all, and a header-intact store whose pages are garbage.
     for (i, damage) in ["header", "pages"].into_iter().enumerate() {
@@ -215,8 +214,8 @@ fn a_corrupt_store_at_start_is_set_aside_and_the_collector_serves() {
             let mut c = Collector::start_in(&data, &[]).expect("collector");
             let inst = Instance::new("ok", "ok-1", 1, Profile::cpu_bound(), now_ns() - 20 * S);
             export_for(&c, &inst, 2);
-            wait_until(10, "a flush", || {
-                c.metric("scalewise_collector_pending_snapshots").ok() == Some(0.0)
+            wait_until(Duration::from_secs(10), "a flush", || {
+                c.metric("scalewise_collector_pending_snapshots", &[]).ok() == Some(0.0)
             });
             assert!(c.stop().expect("stop").success());
             let mut bytes = std::fs::read(&store).expect("store");
@@ -228,7 +227,8 @@ fn a_corrupt_store_at_start_is_set_aside_and_the_collector_serves() {
         }
         let c = Collector::start_in(&data, &[]).expect("starts despite a corrupt store");
         assert_eq!(
-            c.metric("scalewise_collector_sqlite_corrupt_total").ok(),
+            c.metric("scalewise_collector_sqlite_corrupt_total", &[])
+                .ok(),
             Some(1.0),
             "{damage}"
         );
@@ -251,19 +251,23 @@ fn a_corrupt_store_at_start_is_set_aside_and_the_collector_serves() {
         let p = Profile::dependency_bound();
         let inst = Instance::new("after", "a-1", 2, p.clone(), now_ns() - 20 * S);
         export_for(&c, &inst, 3);
-        wait_until(10, "a flush into the new store", || {
-            c.metric("scalewise_collector_pending_snapshots").ok() == Some(0.0)
-        });
+        wait_until(
+            Duration::from_secs(10),
+            "a flush into the new store",
+            || c.metric("scalewise_collector_pending_snapshots", &[]).ok() == Some(0.0),
+        );
         assert_eq!(
-            c.metric("scalewise_collector_sqlite_write_errors_total{reason=\"corrupt\"}")
-                .unwrap_or(0.0),
+            c.metric(
+                "scalewise_collector_sqlite_write_errors_total",
+                &[("reason", "corrupt")]
+            )
+            .unwrap_or(0.0),
             0.0
         );
         assert_steady(&c, "after", "1m", &p);
         // Sleeping a second between damages keeps the set-aside names apart.
         std::thread::sleep(Duration::from_millis(1100));
     }
-    let _ = std::fs::remove_dir_all(&data);
 }
 
 /// `inst`'s counters at the real time `real_ns`, stamped `stamp_ns` by a clock that jumped.
@@ -295,9 +299,10 @@ fn clock_jumps_are_dropped_and_counted_and_leave_other_services_alone() {
     let steady_before = assert_steady(&c, "steady", "1m", &steady.profile);
     let jumpy_before = assert_steady(&c, "jumpy", "1m", &jumpy.profile);
     let rejected = |reason: &str| {
-        c.metric(&format!(
-            "scalewise_collector_points_rejected_total{{reason=\"{reason}\"}}"
-        ))
+        c.metric(
+            "scalewise_collector_points_rejected_total",
+            &[("reason", reason)],
+        )
         .unwrap_or(0.0)
     };
     // The clock steps back an hour for three exports, then forward a day for three.
@@ -510,21 +515,6 @@ fn ns_get(ns: &NetNs, addr: &str, path: &str) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn metric_in(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        stop(&mut self.0);
-    }
-}
-
 #[test]
 fn a_partition_between_agent_and_collector_loses_no_request_time() {
     if !root() {
@@ -532,10 +522,10 @@ fn a_partition_between_agent_and_collector_loses_no_request_time() {
     }
     let _x = exclusive();
     let net = Partitionable::new();
-    let data = temp_dir("faults-partition");
+    let data = TempDir::new("faults-partition").expect("temp dir");
     let cport = free_port();
     let caddr = format!("{COLLECTOR_ADDR}:{cport}");
-    let _collector = Killed(
+    let _collector = Proc(
         net.collector
             .command(collector_bin())
             .args(["--listen", &caddr, "--insecure", "--flush-interval", "1s"])
@@ -546,7 +536,7 @@ fn a_partition_between_agent_and_collector_loses_no_request_time() {
             .spawn()
             .expect("collector"),
     );
-    wait_until(30, "the collector", || {
+    wait_until(Duration::from_secs(30), "the collector", || {
         ns_get(&net.collector, &caddr, "/readyz").is_some()
     });
     let svc = net
@@ -566,24 +556,25 @@ fn a_partition_between_agent_and_collector_loses_no_request_time() {
     let _load = net.agent.load(svc.port, 3, 58.0, &[]).expect("load");
     let mport = free_port();
     let maddr = format!("127.0.0.1:{mport}");
-    let _agent = Killed(
-        net.agent
-            .command(agent_bin())
-            .args([
-                "run",
-                "--pid",
-                &svc.pid.to_string(),
-                "--service",
-                "partitioned",
-            ])
-            .args(["--collector", &format!("http://{caddr}")])
-            .args(["--export-interval", "2", "--discovery-interval", "1"])
-            .args(["--metrics-listen", &maddr])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("agent"),
-    );
+    let collector_url = format!("http://{caddr}");
+    let _agent = RunAgent::start_with(
+        net.agent.command(agent_bin()),
+        &[
+            "--pid",
+            &svc.pid.to_string(),
+            "--service",
+            "partitioned",
+            "--collector",
+            &collector_url,
+            "--export-interval",
+            "2",
+            "--discovery-interval",
+            "1",
+            "--metrics-listen",
+            &maddr,
+        ],
+    )
+    .expect("agent");
     let answer = |window: &str| -> Option<serde_json::Value> {
         let body = ns_get(
             &net.collector,
@@ -592,14 +583,16 @@ fn a_partition_between_agent_and_collector_loses_no_request_time() {
         )?;
         serde_json::from_str(&body).ok()
     };
-    wait_until(30, "the first exports", || {
+    wait_until(Duration::from_secs(30), "the first exports", || {
         answer("1m").is_some_and(|d| d["requests"]["rate_per_s"].as_f64().unwrap_or(0.0) > 0.0)
     });
     let truth_at = || net.agent.truth(svc.port).expect("truth");
     let t0 = truth_at();
     let started = Instant::now();
     let agent_metrics = || ns_get(&net.agent, &maddr, "/metrics").unwrap_or_default();
-    let failed = "scalewise_agent_exports_total{result=\"failed\"}";
+    let exports = |text: &str, result: &str| {
+        value(text, "scalewise_agent_exports_total", &[("result", result)]).unwrap_or(0.0)
+    };
     let samples = "scalewise_agent_samples_total";
     let before = agent_metrics();
 
@@ -608,19 +601,20 @@ fn a_partition_between_agent_and_collector_loses_no_request_time() {
     let during = agent_metrics();
     net.link(true);
     assert!(
-        metric_in(&during, failed) > metric_in(&before, failed),
+        exports(&during, "failed") > exports(&before, "failed"),
         "export failures counted:\n{during}"
     );
     assert!(
-        metric_in(&during, samples) > metric_in(&before, samples),
+        sum(&during, samples) > sum(&before, samples),
         "sampling went on:\n{during}"
     );
     // The first export after the partition carries everything since (cumulative counters).
-    let ok = "scalewise_agent_exports_total{result=\"ok\"}";
-    let ok_during = metric_in(&during, ok);
-    wait_until(30, "an export after the partition", || {
-        metric_in(&agent_metrics(), ok) > ok_during + 1.0
-    });
+    let ok_during = exports(&during, "ok");
+    wait_until(
+        Duration::from_secs(30),
+        "an export after the partition",
+        || exports(&agent_metrics(), "ok") > ok_during + 1.0,
+    );
     let t1 = truth_at();
     let span = started.elapsed().as_secs_f64();
     let truth = t1.delta(&t0);
@@ -634,10 +628,9 @@ fn a_partition_between_agent_and_collector_loses_no_request_time() {
     );
     eprintln!(
         "partition: {span:.0}s window, rate {rate:.1} (truth {true_rate:.1}), in flight {in_flight:.2} (truth {true_in_flight:.2}), exports failed {}",
-        metric_in(&during, failed)
+        exports(&during, "failed")
     );
     // Without cumulative counters the 20 s outage would be missing: about half of the window.
     assert!((rate / true_rate - 1.0).abs() < 0.2, "{d:#}");
     assert!((in_flight / true_in_flight - 1.0).abs() < 0.2, "{d:#}");
-    let _ = std::fs::remove_dir_all(&data);
 }

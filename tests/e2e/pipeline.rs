@@ -8,48 +8,23 @@
 //! Pinned interface used: `scalewise-agent run --pid PID [--pid ...] [--service NAME]
 //! --collector URL [--export-interval SECONDS]`.
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use scalewise_e2e::collector::Collector;
-use scalewise_e2e::harness::{agent_bin, diagnose, exclusive, Load, Postgres, Service};
+use scalewise_e2e::harness::{
+    diagnose, exclusive, orders_on, orders_on_postgres, Load, RunAgent, Service,
+};
 use scalewise_e2e::workload::Truth;
 
 const WINDOW_S: u64 = 20;
 
-/// A `scalewise-agent run` child, stopped with SIGTERM (it exports once more) on drop.
-struct Agent(Child);
-
-impl Agent {
-    fn start(pids: &[u32], service: &str, collector: &str) -> Agent {
-        let mut cmd = Command::new(agent_bin());
-        cmd.arg("run");
-        for p in pids {
-            cmd.args(["--pid", &p.to_string()]);
-        }
-        cmd.args(["--service", service, "--collector", collector])
-            .args(["--export-interval", "2"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        Agent(cmd.spawn().expect("scalewise-agent run"))
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child by pid.
-        unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// `scalewise-agent run` watching `pids` as `service`, exporting to `collector` every 2 s.
+fn agent(pids: &[u32], service: &str, collector: &str) -> RunAgent {
+    let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+    let mut args: Vec<&str> = pids.iter().flat_map(|p| ["--pid", p.as_str()]).collect();
+    args.extend(["--service", service, "--collector", collector]);
+    args.extend(["--export-interval", "2"]);
+    RunAgent::start(&args).expect("scalewise-agent run")
 }
 
 fn add(a: &Truth, b: &Truth) -> Truth {
@@ -101,22 +76,8 @@ fn compare(name: &str, collector: &serde_json::Value, diag: &serde_json::Value, 
 fn agents_and_collector_agree_with_diagnose_and_the_truth() {
     let _x = exclusive();
     let collector = Collector::start(&[]).expect("collector");
-    let pg = Postgres::start().expect("postgres");
-    let db = |_: ()| {
-        Service::workload(&[
-            "serve",
-            "--workers",
-            "8",
-            "--cpu-ms",
-            "2",
-            "--db",
-            &pg.addr(),
-            "--db-ms",
-            "25",
-        ])
-        .expect("db service")
-    };
-    let orders = [db(()), db(())];
+    let (pg, first) = orders_on_postgres().expect("orders on postgres");
+    let orders = [first, orders_on(&pg).expect("db service")];
     let locks = Service::workload(&["serve", "--workers", "8", "--cpu-ms", "1", "--lock-ms", "5"])
         .expect("lock service");
     let run_s = (WINDOW_S + 15) as f64;
@@ -127,9 +88,9 @@ fn agents_and_collector_agree_with_diagnose_and_the_truth() {
     ];
     let url = collector.url();
     let _agents = [
-        Agent::start(&[orders[0].pid], "orders", &url),
-        Agent::start(&[orders[1].pid], "orders", &url),
-        Agent::start(&[locks.pid], "locks", &url),
+        agent(&[orders[0].pid], "orders", &url),
+        agent(&[orders[1].pid], "orders", &url),
+        agent(&[locks.pid], "locks", &url),
     ];
     std::thread::sleep(Duration::from_secs(4));
 

@@ -6,18 +6,15 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use scalewise_e2e::collector::{now_ns, temp_dir, Collector, Instance, Profile};
+use scalewise_e2e::collector::{now_ns, Collector, Instance, Profile};
 use scalewise_e2e::harness::{
-    agent_bin, as_nobody, exclusive, free_port, root_with_only, stop, wrapped, Load, NetNs, Service,
+    agent_bin, as_nobody, exclusive, free_port, root_with_only, stop, wrapped, Load, NetNs,
+    RunAgent, Service, TempDir,
 };
+use scalewise_e2e::metrics::{scrape, sum, value};
 
 fn root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("skipped: needs root to run processes as other users and drop capabilities");
-    }
-    root
+    scalewise_e2e::harness::root("to run processes as other users and drop capabilities")
 }
 
 /// The real uid of a process, from `/proc/PID/status`.
@@ -181,22 +178,6 @@ fn without_cap_dac_read_search_the_report_names_it() {
     }
 }
 
-/// Prometheus text from `addr` (`GET /metrics`), fetched from inside the caller's namespace.
-fn scrape(port: u16) -> String {
-    let url = format!("http://127.0.0.1:{port}/metrics");
-    scalewise_e2e::collector::get(&url, None)
-        .map(|(_, body)| body)
-        .unwrap_or_default()
-}
-
-/// The sum of a metric's samples whose line starts with `prefix`.
-fn sum_of(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// `run --pid P --all-namespaces --metrics-listen` through `prefix` for a service in a pod-like
 /// network namespace: the last scrape after at most `secs`, when `done` holds, and stderr.
 fn per_host_agent(
@@ -222,29 +203,21 @@ fn run_agent(
     done: impl Fn(&str) -> bool,
 ) -> (String, String) {
     let port = free_port();
-    let log = temp_dir("privilege-agent").join("stderr");
-    let mut agent = wrapped(prefix, agent_bin())
-        .arg("run")
-        .args(args)
-        .args(["--metrics-listen", &format!("127.0.0.1:{port}")])
-        .args(["--discovery-interval", "1", "--export-interval", "2"])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log"))
-        .spawn()
-        .expect("agent run");
+    let listen = format!("127.0.0.1:{port}");
+    let mut all = args.to_vec();
+    all.extend(["--metrics-listen", &listen]);
+    all.extend(["--discovery-interval", "1", "--export-interval", "2"]);
+    let agent = RunAgent::start_with(wrapped(prefix, agent_bin()), &all).expect("agent run");
     let deadline = Instant::now() + Duration::from_secs(secs);
     let mut text = String::new();
     while Instant::now() < deadline {
         std::thread::sleep(Duration::from_secs(1));
-        text = scrape(port);
+        text = scrape(port).unwrap_or_default();
         if done(&text) {
             break;
         }
     }
-    stop(&mut agent);
-    let mut stderr = String::new();
-    let _ = std::fs::File::open(&log).and_then(|mut f| f.read_to_string(&mut stderr));
+    let (_, stderr) = agent.stop();
     (text, stderr)
 }
 
@@ -276,18 +249,18 @@ fn per_host_mode_reaches_another_network_namespace_only_with_cap_sys_admin() {
         (1 << CAP_SYS_ADMIN) | (1 << CAP_SYS_PTRACE) | (1 << CAP_DAC_READ_SEARCH)
     );
     let (text, stderr) = per_host_agent(&three, svc.pid, 25, |t| {
-        sum_of(t, "scalewise_requests_total") > 100.0
+        sum(t, "scalewise_requests_total") > 100.0
     });
     assert!(
-        sum_of(&text, "scalewise_requests_total") > 100.0,
+        sum(&text, "scalewise_requests_total") > 100.0,
         "{text}\n{stderr}"
     );
     assert!(
-        sum_of(&text, "scalewise_request_time_seconds_total") > 0.0,
+        sum(&text, "scalewise_request_time_seconds_total") > 0.0,
         "{text}"
     );
     assert_eq!(
-        sum_of(&text, "scalewise_agent_skipped_services"),
+        sum(&text, "scalewise_agent_skipped_services"),
         0.0,
         "{text}"
     );
@@ -300,7 +273,7 @@ fn per_host_mode_reaches_another_network_namespace_only_with_cap_sys_admin() {
         text.contains("scalewise_agent_skipped_services{reason=\"no_cap_sys_admin\"} 1"),
         "{text}\n{stderr}"
     );
-    assert_eq!(sum_of(&text, "scalewise_requests_total"), 0.0, "{text}");
+    assert_eq!(sum(&text, "scalewise_requests_total"), 0.0, "{text}");
     assert!(
         stderr.contains("service skipped") && stderr.contains("CAP_SYS_ADMIN"),
         "{stderr}"
@@ -316,9 +289,16 @@ fn discovering_listeners_without_cap_sys_ptrace_names_what_it_cannot_see() {
     let (svc, _load) = other_users_service(30.0);
     // Every process with a listener, no target given: another user's fds need CAP_SYS_PTRACE.
     let one = root_with_only(&["dac_read_search"], true);
-    let wanted = "scalewise_agent_skipped_services{reason=\"no_cap_sys_ptrace\"}";
-    let (text, stderr) = run_agent(&one, &[], 20, |t| sum_of(t, wanted) >= 1.0);
-    assert!(sum_of(&text, wanted) >= 1.0, "{text}\n{stderr}");
+    let skipped = |t: &str| {
+        value(
+            t,
+            "scalewise_agent_skipped_services",
+            &[("reason", "no_cap_sys_ptrace")],
+        )
+        .unwrap_or(0.0)
+    };
+    let (text, stderr) = run_agent(&one, &[], 20, |t| skipped(t) >= 1.0);
+    assert!(skipped(&text) >= 1.0, "{text}\n{stderr}");
     // One line for all of them (the service's pid among the first ten named, or cut short).
     let pid = format!("pid {}", svc.pid);
     let lines: Vec<&str> = stderr
@@ -334,10 +314,10 @@ fn discovering_listeners_without_cap_sys_ptrace_names_what_it_cannot_see() {
     // With CAP_SYS_PTRACE it is found and sampled.
     let two = root_with_only(&["sys_ptrace", "dac_read_search"], true);
     let (text, stderr) = run_agent(&two, &[], 20, |t| {
-        sum_of(t, "scalewise_requests_total") > 100.0
+        sum(t, "scalewise_requests_total") > 100.0
     });
     assert!(
-        sum_of(&text, "scalewise_requests_total") > 100.0,
+        sum(&text, "scalewise_requests_total") > 100.0,
         "{text}\n{stderr}"
     );
 }
@@ -347,7 +327,7 @@ fn the_collector_runs_as_nobody_with_only_its_data_dir_writable() {
     if !root() {
         return;
     }
-    let dir = temp_dir("privilege-collector");
+    let dir = TempDir::new("privilege-collector").expect("temp dir");
     let data = dir.join("data");
     std::fs::create_dir_all(&data).expect("data dir");
     let ok = Command::new("chown")
@@ -371,7 +351,7 @@ fn the_collector_runs_as_nobody_with_only_its_data_dir_writable() {
     // It wrote its store, as nobody, in the one directory it may write.
     let deadline = Instant::now() + Duration::from_secs(10);
     while c
-        .metric("scalewise_collector_pending_snapshots")
+        .metric("scalewise_collector_pending_snapshots", &[])
         .unwrap_or(1.0)
         > 0.0
     {
@@ -382,7 +362,6 @@ fn the_collector_runs_as_nobody_with_only_its_data_dir_writable() {
     let db = std::fs::metadata(data.join("scalewise.sqlite")).expect("store");
     assert_eq!(db.uid(), 65534);
     assert!(c.stop().expect("stop").success());
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -391,8 +370,8 @@ fn a_collector_whose_data_dir_is_not_writable_refuses_to_start_naming_it() {
         return;
     }
     // Owned by root, mode 0755: nobody may read it but not write it.
-    let data = temp_dir("privilege-readonly");
-    for dir in [data.clone(), data.join("missing")] {
+    let data = TempDir::new("privilege-readonly").expect("temp dir");
+    for dir in [data.to_path_buf(), data.join("missing")] {
         let mut child = wrapped(&as_nobody(), scalewise_e2e::collector::collector_bin())
             .arg("--listen")
             .arg(format!("127.0.0.1:{}", free_port()))
@@ -422,7 +401,7 @@ fn a_collector_whose_data_dir_is_not_writable_refuses_to_start_naming_it() {
         }
         assert!(!status.success(), "{status}: {stderr}");
         // An existing directory is not writable; a missing one cannot be created in its parent.
-        let why = if dir == data {
+        let why = if dir == data.path() {
             "is not writable"
         } else {
             "cannot be created"
@@ -433,5 +412,4 @@ fn a_collector_whose_data_dir_is_not_writable_refuses_to_start_naming_it() {
         );
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
-    let _ = std::fs::remove_dir_all(&data);
 }

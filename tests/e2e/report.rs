@@ -4,17 +4,11 @@
 //! (screenshot, DOM text, print to PDF).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use scalewise_e2e::harness::{agent_bin, exclusive, Load, Postgres, Service};
-
-fn temp(tag: &str) -> PathBuf {
-    let dir =
-        std::env::temp_dir().join(format!("scalewise-report-e2e-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
+use scalewise_e2e::harness::{
+    self, agent_bin, diagnose_report, exclusive, orders_on_postgres, Load, Service, TempDir,
+};
 
 /// Runs `diagnose --format json --report DIR/r.{json,md,html}` and returns the diagnosis and the
 /// three reports.
@@ -123,20 +117,8 @@ fn check_formats(
 #[test]
 fn a_service_waiting_on_postgresql_is_told_not_to_rewrite() {
     let _x = exclusive();
-    let dir = temp("pg");
-    let pg = Postgres::start().expect("postgres");
-    let svc = Service::workload(&[
-        "serve",
-        "--workers",
-        "8",
-        "--cpu-ms",
-        "2",
-        "--db",
-        &pg.addr(),
-        "--db-ms",
-        "25",
-    ])
-    .expect("service");
+    let dir = TempDir::new("report-pg").expect("temp dir");
+    let (pg, svc) = orders_on_postgres().expect("service");
     let _load = Load::start(svc.port, 6, 30.0, 0.0).expect("load");
     std::thread::sleep(std::time::Duration::from_millis(500));
     let dep = format!("{}=orders-db:postgresql", pg.addr());
@@ -165,13 +147,12 @@ fn a_service_waiting_on_postgresql_is_told_not_to_rewrite() {
     assert_eq!(report["current"]["source"], "given");
     check_formats(&dir, &projection, &diagnosis, &report, &md, &html);
     browser_check(&dir, &html, &report);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn a_cpu_bound_service_is_pointed_at_cpu() {
     let _x = exclusive();
-    let dir = temp("cpu");
+    let dir = TempDir::new("report-cpu").expect("temp dir");
     let svc = Service::workload(&["serve", "--workers", "4", "--cpu-ms", "15"]).expect("service");
     let _load = Load::start(svc.port, 8, 30.0, 0.0).expect("load");
     std::thread::sleep(std::time::Duration::from_millis(500));
@@ -206,51 +187,30 @@ fn a_cpu_bound_service_is_pointed_at_cpu() {
         "Python -> Rust on CPU-bound work buys throughput: {report:#}"
     );
     check_formats(&dir, &projection, &diagnosis, &report, &md, &html);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn a_go_binary_is_recognised_with_its_version() {
     let _x = exclusive();
-    let dir = temp("go");
+    let dir = TempDir::new("report-go").expect("temp dir");
     let svc = Service::go(&["--cpu-ms", "1"]).expect("go service");
-    let out = Command::new(agent_bin())
-        .args(["diagnose", "--quiet", "--format", "json", "--duration", "1"])
-        .args(["--pid", &svc.pid.to_string(), "--report"])
-        .arg(dir.join("r.md"))
-        .output()
-        .expect("agent");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let md = dir.join("r.md");
+    let v =
+        diagnose_report(&[svc.pid], 1.0, &["--report", md.to_str().expect("utf8")]).expect("agent");
     let rt = &v["services"][0]["runtime"];
     assert_eq!(rt["name"], "go", "{v:#}");
     let version = rt["version"].as_str().unwrap_or_default();
     assert!(version.starts_with("go1."), "{rt}");
     // Idle: the report says it cannot tell, and names the runtime.
-    let md = std::fs::read_to_string(dir.join("r.md")).expect("md");
+    let md = std::fs::read_to_string(md).expect("md");
     assert!(md.contains(version), "{md}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn a_jvm_is_recognised_with_its_version_from_hsperfdata() {
     let _x = exclusive();
     let svc = Service::java(&["-Xmx64m"], &["--workers", "2", "--cpu-ms", "1"]).expect("jvm");
-    let out = Command::new(agent_bin())
-        .args(["diagnose", "--quiet", "--format", "json", "--duration", "1"])
-        .args(["--pid", &svc.pid.to_string()])
-        .output()
-        .expect("agent");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let v = diagnose_report(&[svc.pid], 1.0, &[]).expect("agent");
     let rt = &v["services"][0]["runtime"];
     assert_eq!(rt["name"], "java", "{v:#}");
     assert_eq!(rt["evidence"], "hsperfdata", "{rt}");
@@ -288,49 +248,11 @@ fn bad_report_requests_fail_before_sampling() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/d.json"));
 }
 
-/// Runs headless Chromium (Debian's `chromium`, installed by scripts/install-deps) with a fresh
-/// profile; returns stdout. A browser that hangs is killed after a minute (a guard, not a check).
+/// Headless Chromium ([`harness::chromium`]); its stdout.
 fn chromium(args: &[String]) -> Vec<u8> {
-    let profile = temp("chromium-profile");
-    let mut child = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("chromium (install it: scripts/install-deps)");
-    let mut out = Vec::new();
-    let mut stdout = child.stdout.take().expect("stdout");
-    let reader = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = std::io::Read::read_to_end(&mut stdout, &mut buf);
-        buf
-    });
-    let start = std::time::Instant::now();
-    loop {
-        if child.try_wait().ok().flatten().is_some() {
-            break;
-        }
-        if start.elapsed().as_secs() > 60 {
-            let _ = child.kill();
-            let _ = child.wait();
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    out.extend(reader.join().unwrap_or_default());
-    let _ = std::fs::remove_dir_all(&profile);
-    out
+    harness::chromium(args)
+        .expect("chromium (install it: scripts/install-deps)")
+        .stdout
 }
 
 /// What a person sees: the DOM after rendering holds the verdict, every option and the ceiling;

@@ -6,87 +6,18 @@
 //! (`Budget::since`) run through the same engine (`engine::diagnose`): same verdict, shares
 //! within 0.05.
 
-use std::io::Read;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 use scalewise_core::engine::{diagnose, Thresholds};
 use scalewise_core::Budget;
-use scalewise_e2e::harness::{agent_bin, exclusive, workload_bin, Load, NetNs, Service};
+use scalewise_e2e::harness::{
+    agent_bin, exclusive, free_port, root, workload_bin, Load, NetNs, RunAgent, Service, TempDir,
+};
+use scalewise_e2e::metrics::{scrape, value};
 use scalewise_e2e::receiver::{Receiver, Snapshot};
 
 const SHARE_TOLERANCE: f64 = 0.05;
-
-/// A running `scalewise-agent run`, its log in a file; SIGTERM and reaped on drop.
-struct Agent {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Agent {
-    fn start(mut cmd: Command, args: &[&str]) -> Agent {
-        let log = std::env::temp_dir().join(format!(
-            "scalewise-run-{}-{}.log",
-            std::process::id(),
-            scalewise_e2e::harness::free_port()
-        ));
-        let file = std::fs::File::create(&log).expect("log file");
-        let child = cmd
-            .arg("run")
-            .args(args)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("start agent");
-        Agent { child, log }
-    }
-
-    fn new(args: &[&str]) -> Agent {
-        Agent::start(Command::new(agent_bin()), args)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn rss_kib(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("VmRSS:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            })
-            .unwrap_or(0)
-    }
-
-    /// SIGTERM; returns whether it exited successfully, and its log.
-    fn stop(mut self) -> (bool, String) {
-        // SAFETY: signalling our own child by pid.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut ok = false;
-        while Instant::now() < deadline {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                ok = st.success();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        (ok, self.log())
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.log);
-    }
-}
 
 /// A workload service with environment variables (through `env`, which execs: same pid).
 fn service_with_env(env: &[&str], args: &[&str]) -> Service {
@@ -196,9 +127,10 @@ fn run_exports_what_diagnose_sees_over_the_same_window() {
     .expect("service");
     let _load = Load::start(svc.port, 4, 40.0, 0.0).expect("load");
     let receiver = Receiver::start().expect("receiver");
-    let token = std::env::temp_dir().join(format!("sw-token-{}", std::process::id()));
+    let token_dir = TempDir::new("token").expect("temp dir");
+    let token = token_dir.join("token");
     std::fs::write(&token, "s3cret\n").expect("token");
-    let agent = Agent::new(&[
+    let agent = RunAgent::start(&[
         "--pid",
         &svc.pid.to_string(),
         "--service",
@@ -211,7 +143,8 @@ fn run_exports_what_diagnose_sees_over_the_same_window() {
         "1",
         "--sample-interval-ms",
         FAST,
-    ]);
+    ])
+    .expect("start agent");
     receiver
         .wait_for(Duration::from_secs(15), |s| s.len() >= 2)
         .expect("first exports");
@@ -250,7 +183,6 @@ fn run_exports_what_diagnose_sees_over_the_same_window() {
     assert!(ok, "{log}");
     assert!(receiver.snapshots().len() > before, "no last export\n{log}");
     assert!(log.contains("watching service instance"), "{log}");
-    let _ = std::fs::remove_file(token);
 }
 
 #[test]
@@ -263,7 +195,7 @@ fn a_service_of_two_processes_is_one_instance() {
     let _la = Load::start(a.port, 2, 30.0, 1.0).expect("load a");
     let _lb = Load::start(b.port, 2, 30.0, 1.0).expect("load b");
     let receiver = Receiver::start().expect("receiver");
-    let _agent = Agent::new(&[
+    let _agent = RunAgent::start(&[
         "--pid",
         &a.pid.to_string(),
         "--pid",
@@ -276,7 +208,8 @@ fn a_service_of_two_processes_is_one_instance() {
         "1",
         "--sample-interval-ms",
         FAST,
-    ]);
+    ])
+    .expect("start agent");
     receiver
         .wait_for(Duration::from_secs(15), |s| s.len() >= 2)
         .expect("first exports");
@@ -325,7 +258,7 @@ fn one_agent_watches_two_services_named_by_their_environment() {
     let _la = Load::start(alpha.port, 2, 30.0, 2.0).expect("load");
     let _lb = Load::start(beta.port, 4, 30.0, 0.0).expect("load");
     let receiver = Receiver::start().expect("receiver");
-    let _agent = Agent::new(&[
+    let _agent = RunAgent::start(&[
         "--process",
         &format!("serve .*tag {tag}$"),
         "--collector",
@@ -336,7 +269,8 @@ fn one_agent_watches_two_services_named_by_their_environment() {
         "1",
         "--sample-interval-ms",
         FAST,
-    ]);
+    ])
+    .expect("start agent");
     receiver
         .wait_for(Duration::from_secs(20), |s| {
             s.iter().any(|s| s.service() == "alpha") && s.iter().any(|s| s.service() == "beta")
@@ -376,18 +310,11 @@ fn one_agent_watches_two_services_named_by_their_environment() {
 
 /// Namespaces, `ns_last_pid` and dropping capabilities need root; elsewhere those tests say so
 /// and pass (as `tests/e2e/cli.rs` does).
-fn root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("skipped: needs root");
-    }
-    root
-}
+const ROOT_FOR: &str = "for namespaces, ns_last_pid and dropping capabilities";
 
 #[test]
 fn sidecar_mode_finds_the_service_by_its_listening_socket() {
-    if !root() {
+    if !root(ROOT_FOR) {
         return;
     }
     let _x = exclusive();
@@ -398,7 +325,7 @@ fn sidecar_mode_finds_the_service_by_its_listening_socket() {
     let _load = ns.load(svc.port, 3, 40.0, &[]).expect("load");
     let receiver = Receiver::start_in_netns(&ns.name).expect("receiver in the pod");
     // Like a sidecar with shareProcessNamespace: no target given, the pod's network namespace.
-    let _agent = Agent::start(
+    let _agent = RunAgent::start_with(
         ns.command(agent_bin()),
         &[
             "--collector",
@@ -408,7 +335,8 @@ fn sidecar_mode_finds_the_service_by_its_listening_socket() {
             "--discovery-interval",
             "1",
         ],
-    );
+    )
+    .expect("start agent");
     let snaps = receiver
         .wait_for(Duration::from_secs(20), |s| {
             s.iter()
@@ -453,7 +381,7 @@ fn instances(r: &Receiver, service: &str) -> Vec<(String, String, u64, f64)> {
 
 #[test]
 fn process_regex_follows_a_restart_and_never_merges_a_reused_pid() {
-    if !root() {
+    if !root(ROOT_FOR) {
         return;
     }
     let _x = exclusive();
@@ -461,7 +389,7 @@ fn process_regex_follows_a_restart_and_never_merges_a_reused_pid() {
     let args = ["serve", "--workers", "2", "--cpu-ms", "1", "--tag", &tag];
     let first = Service::workload(&args).expect("first");
     let receiver = Receiver::start().expect("receiver");
-    let _agent = Agent::new(&[
+    let _agent = RunAgent::start(&[
         "--process",
         &format!("tag {tag}$"),
         "--service",
@@ -472,7 +400,8 @@ fn process_regex_follows_a_restart_and_never_merges_a_reused_pid() {
         "1",
         "--discovery-interval",
         "1",
-    ]);
+    ])
+    .expect("start agent");
     receiver
         .wait_for(Duration::from_secs(15), |s| {
             s.iter().filter(|s| s.service() == "restarts").count() >= 2
@@ -526,31 +455,14 @@ fn process_regex_follows_a_restart_and_never_merges_a_reused_pid() {
     );
 }
 
-fn scrape(port: u16) -> String {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    use std::io::Write;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        .expect("write");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read");
-    out
-}
-
-fn metric(text: &str, prefix: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 #[test]
 fn a_collector_outage_loses_nothing_and_memory_stays_flat() {
     let _x = exclusive();
     let svc = Service::workload(&["serve", "--workers", "4", "--cpu-ms", "2"]).expect("service");
     let _load = Load::start(svc.port, 2, 90.0, 1.0).expect("load");
     let mut receiver = Receiver::start().expect("receiver");
-    let prom = scalewise_e2e::harness::free_port();
-    let agent = Agent::new(&[
+    let prom = free_port();
+    let agent = RunAgent::start(&[
         "--pid",
         &svc.pid.to_string(),
         "--service",
@@ -561,7 +473,8 @@ fn a_collector_outage_loses_nothing_and_memory_stays_flat() {
         "1",
         "--metrics-listen",
         &format!("127.0.0.1:{prom}"),
-    ]);
+    ])
+    .expect("start agent");
     receiver
         .wait_for(Duration::from_secs(15), |s| s.len() >= 3)
         .expect("exports before the outage");
@@ -573,13 +486,19 @@ fn a_collector_outage_loses_nothing_and_memory_stays_flat() {
     let rss_mid = agent.rss_kib();
     std::thread::sleep(Duration::from_secs_f64(outage_s / 2.0));
     let rss_end = agent.rss_kib();
-    let text = scrape(prom);
+    let text = scrape(prom).expect("scrape");
     assert!(
-        metric(&text, "scalewise_agent_exports_total{result=\"failed\"}").unwrap_or(0.0) > 0.0,
+        value(
+            &text,
+            "scalewise_agent_exports_total",
+            &[("result", "failed")]
+        )
+        .unwrap_or(0.0)
+            > 0.0,
         "{text}"
     );
     assert!(
-        metric(&text, "scalewise_sampled_seconds_total{").unwrap_or(0.0) > outage_s,
+        value(&text, "scalewise_sampled_seconds_total", &[]).unwrap_or(0.0) > outage_s,
         "{text}"
     );
     assert!(
@@ -610,7 +529,7 @@ fn a_collector_outage_loses_nothing_and_memory_stays_flat() {
         rss_end < rss_start + 4096 && rss_mid < rss_start + 4096,
         "RSS {rss_start} -> {rss_mid} -> {rss_end} KiB"
     );
-    let log = agent.log();
+    let log = agent.stderr();
     let failures = log.matches("export to the collector failed").count();
     assert!(
         (1..=3).contains(&failures),
@@ -621,7 +540,7 @@ fn a_collector_outage_loses_nothing_and_memory_stays_flat() {
 
 #[test]
 fn per_host_mode_reaches_other_network_namespaces_or_says_why_not() {
-    if !root() {
+    if !root(ROOT_FOR) {
         return;
     }
     let _x = exclusive();
@@ -650,7 +569,7 @@ fn per_host_mode_reaches_other_network_namespaces_or_says_why_not() {
     ];
 
     // With CAP_SYS_ADMIN (root): the service's sockets are read from inside its namespace.
-    let agent = Agent::new(&args);
+    let agent = RunAgent::start(&args).expect("start agent");
     let snaps = receiver
         .wait_for(Duration::from_secs(20), |s| {
             s.iter()
@@ -663,37 +582,34 @@ fn per_host_mode_reaches_other_network_namespaces_or_says_why_not() {
     drop(agent);
 
     // Without it: sampled what it can, the service reported as skipped with the reason.
-    let prom = scalewise_e2e::harness::free_port();
+    let prom = free_port();
     let mut cmd = Command::new("setpriv");
     cmd.args(["--inh-caps=-sys_admin", "--bounding-set=-sys_admin", "--"])
         .arg(agent_bin());
     let listen = format!("127.0.0.1:{prom}");
     let mut with_prom: Vec<&str> = args.to_vec();
     with_prom.extend(["--metrics-listen", &listen]);
-    let agent = Agent::start(cmd, &with_prom);
+    let agent = RunAgent::start_with(cmd, &with_prom).expect("start agent");
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut text = String::new();
     while Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(500));
-        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", prom)) {
-            drop(s.set_read_timeout(Some(Duration::from_secs(5))));
-            use std::io::Write;
-            let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
-            text.clear();
-            let _ = s.read_to_string(&mut text);
+        if let Ok(t) = scrape(prom) {
+            text = t;
             if text.contains("scalewise_agent_skipped_services{") {
                 break;
             }
         }
     }
     assert_eq!(
-        metric(
+        value(
             &text,
-            "scalewise_agent_skipped_services{reason=\"no_cap_sys_admin\"}"
+            "scalewise_agent_skipped_services",
+            &[("reason", "no_cap_sys_admin")]
         ),
         Some(1.0),
         "{text}\n{}",
-        agent.log()
+        agent.stderr()
     );
     let (_, log) = agent.stop();
     assert!(

@@ -11,34 +11,14 @@
 //! service does not have; the agent's mean latency is the server's part of what the tool measured
 //! (the tool's own client time is the rest), so it is never above the tool's figure.
 
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use scalewise_e2e::harness::{self, diagnose, exclusive, free_port, Load, Postgres};
+use scalewise_e2e::harness::{
+    diagnose, exclusive, free_port, wait_listening, Load, Postgres, Proc, TempDir,
+};
 
 const WINDOW_S: f64 = 8.0;
-
-/// A child process stopped by pid on drop (the harness's SIGTERM, then SIGKILL).
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        harness::stop(&mut self.0);
-    }
-}
-
-fn temp_dir(tag: &str) -> PathBuf {
-    harness::temp_dir(tag).expect("temp dir")
-}
-
-fn wait_for_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on {port}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// The pid and all its descendants (a master and its workers, a postmaster and its backends).
 fn with_children(pid: u32) -> Vec<u32> {
@@ -154,7 +134,7 @@ fn redis() -> (Proc, u16) {
         .stdout(Stdio::null())
         .spawn()
         .expect("redis-server (scripts/install-deps installs it)");
-    wait_for_port(port);
+    wait_listening(port);
     (Proc(child), port)
 }
 
@@ -185,7 +165,7 @@ fn redis_avg_latency(child: Child) -> f64 {
 fn redis_saturated_by_fifty_clients_is_scale_up_not_lock_contention() {
     let _x = exclusive();
     let (server, port) = redis();
-    let pid = server.0.id();
+    let pid = server.pid();
     let bench = redis_benchmark(port, 50, 1_500_000);
     std::thread::sleep(Duration::from_secs(1));
     let d = diagnose(&[pid], WINDOW_S, &[]).expect("diagnose");
@@ -202,7 +182,7 @@ fn redis_saturated_by_fifty_clients_is_scale_up_not_lock_contention() {
 fn redis_with_one_client_is_not_called_scale_out_or_dependency() {
     let _x = exclusive();
     let (server, port) = redis();
-    let pid = server.0.id();
+    let pid = server.pid();
     let bench = redis_benchmark(port, 1, 300_000);
     std::thread::sleep(Duration::from_secs(1));
     let d = diagnose(&[pid], WINDOW_S, &[]).expect("diagnose");
@@ -242,7 +222,7 @@ fn nginx(dir: &std::path::Path) -> (Proc, u16) {
         .stderr(Stdio::null())
         .spawn()
         .expect("nginx (scripts/install-deps installs it)");
-    wait_for_port(port);
+    wait_listening(port);
     std::thread::sleep(Duration::from_millis(300)); // workers forked
     (Proc(child), port)
 }
@@ -268,9 +248,9 @@ fn wrk_avg_latency_ms(out: &str) -> f64 {
 #[test]
 fn nginx_saturating_the_host_is_scale_up() {
     let _x = exclusive();
-    let dir = temp_dir("nginx");
+    let dir = TempDir::new("nginx").expect("temp dir");
     let (server, port) = nginx(&dir);
-    let pids = with_children(server.0.id());
+    let pids = with_children(server.pid());
     assert!(pids.len() >= 3, "master and two workers: {pids:?}");
     let wrk = Command::new("wrk")
         .args(["-t", "2", "-c", "32", "-d", &format!("{}s", WINDOW_S + 2.0)])
@@ -283,15 +263,14 @@ fn nginx_saturating_the_host_is_scale_up() {
     let out = wrk.wait_with_output().expect("wrk output");
     let tool = wrk_avg_latency_ms(&String::from_utf8_lossy(&out.stdout));
     check("nginx-wrk-32", &d, tool, &["scale_out", "dependency"]);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn nginx_waiting_on_its_clients_is_not_the_bottleneck() {
     let _x = exclusive();
-    let dir = temp_dir("nginx-idle");
+    let dir = TempDir::new("nginx-idle").expect("temp dir");
     let (server, port) = nginx(&dir);
-    let pids = with_children(server.0.id());
+    let pids = with_children(server.pid());
     // Eight clients that think ~50 ms between requests: the server idles on them.
     let load = Load::start_with(
         port,
@@ -321,7 +300,6 @@ fn nginx_waiting_on_its_clients_is_not_the_bottleneck() {
         "{d:#}"
     );
     assert!(d["confidence"].as_f64().unwrap_or(1.0) < 0.6, "{d:#}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 // ---- PostgreSQL ----

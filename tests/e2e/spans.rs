@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -16,7 +16,10 @@ use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, KeyValu
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, ResourceSpans, ScopeSpans, Span};
 use prost::Message;
-use scalewise_e2e::harness::{diagnose_report, exclusive, free_port, Load, Service};
+use scalewise_e2e::collector::now_ns;
+use scalewise_e2e::harness::{
+    diagnose_report, exclusive, free_port, wait_listening, Load, Service,
+};
 
 fn script(parts: &[&str]) -> String {
     let mut p = Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf();
@@ -24,15 +27,6 @@ fn script(parts: &[&str]) -> String {
         p.push(part);
     }
     p.to_string_lossy().into_owned()
-}
-
-/// Waits until something listens on `port` (the agent's receiver), at most 20 s.
-fn wait_listening(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on {port}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// The agent's `diagnose` in a thread, so the test can drive load while it samples.
@@ -268,13 +262,6 @@ fn post(port: u16, content_type: &str, encoding: Option<&str>, body: &[u8]) -> u
     line.split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
-}
-
-fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
         .unwrap_or(0)
 }
 

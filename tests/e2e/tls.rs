@@ -7,7 +7,7 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rcgen::{
@@ -15,12 +15,13 @@ use rcgen::{
     KeyPair, KeyUsagePurpose,
 };
 use scalewise_collector::otlp;
-use scalewise_e2e::collector::{collector_bin, get_with, now_ns, temp_dir, Collector, Profile};
-use scalewise_e2e::harness::{agent_bin, free_port, Service};
+use scalewise_e2e::collector::{collector_bin, get_with, now_ns, Collector, Profile};
+use scalewise_e2e::harness::{free_port, wait_until, RunAgent, Service, TempDir};
+use scalewise_e2e::metrics::value;
 
 /// A CA and a server certificate for `localhost` and 127.0.0.1 signed by it, as PEM files.
 struct Pki {
-    dir: PathBuf,
+    dir: TempDir,
     ca: PathBuf,
     cert: PathBuf,
     key: PathBuf,
@@ -28,7 +29,7 @@ struct Pki {
 
 impl Pki {
     fn new() -> Pki {
-        let dir = temp_dir("tls");
+        let dir = TempDir::new("tls").expect("temp dir");
         let mut ca = CertificateParams::new(Vec::<String>::new()).expect("ca params");
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         ca.distinguished_name
@@ -65,72 +66,8 @@ impl Pki {
     }
 }
 
-impl Drop for Pki {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 fn s(p: &Path) -> &str {
     p.to_str().expect("utf8 path")
-}
-
-/// A `scalewise-agent run`, its log in a file; killed on drop.
-struct Agent {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Agent {
-    fn start(args: &[&str]) -> Agent {
-        let log = temp_dir("tls-agent").join("agent.log");
-        let child = Command::new(agent_bin())
-            .arg("run")
-            .args(args)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log"))
-            .spawn()
-            .expect("scalewise-agent run");
-        Agent { child, log }
-    }
-
-    fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A sample of a Prometheus text body: the first line starting with `prefix`.
-fn sample(text: &str, prefix: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
-fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    panic!("timed out waiting for {what}");
 }
 
 #[test]
@@ -139,7 +76,7 @@ fn an_agent_exports_over_https_with_the_ca_and_counts_failures_without_it() {
     let c = pki.collector(&[]);
     let svc = Service::workload(&["serve", "--workers", "2", "--cpu-ms", "1"]).expect("workload");
     let pid = svc.pid.to_string();
-    let trusted = Agent::start(&[
+    let trusted = RunAgent::start(&[
         "--pid",
         &pid,
         "--service",
@@ -150,9 +87,10 @@ fn an_agent_exports_over_https_with_the_ca_and_counts_failures_without_it() {
         s(&pki.ca),
         "--export-interval",
         "1",
-    ]);
+    ])
+    .expect("start agent");
     let metrics = format!("127.0.0.1:{}", free_port());
-    let mut untrusting = Agent::start(&[
+    let mut untrusting = RunAgent::start(&[
         "--pid",
         &pid,
         "--service",
@@ -163,11 +101,12 @@ fn an_agent_exports_over_https_with_the_ca_and_counts_failures_without_it() {
         "1",
         "--metrics-listen",
         &metrics,
-    ]);
+    ])
+    .expect("start agent");
     // The trusting agent's service shows up, read over HTTPS with the same CA.
-    wait_for(
-        "tls-svc in /api/v1/services",
+    wait_until(
         Duration::from_secs(25),
+        "tls-svc in /api/v1/services",
         || {
             c.json("/api/v1/services").is_ok_and(|v| {
                 v["services"]
@@ -178,26 +117,23 @@ fn an_agent_exports_over_https_with_the_ca_and_counts_failures_without_it() {
     );
     // The other agent cannot verify the certificate: exports fail, counted, and it goes on.
     let url = format!("http://{metrics}/metrics");
-    wait_for("failed exports counted", Duration::from_secs(20), || {
-        get_with(&url, None, None).is_ok_and(|(_, text)| {
-            sample(&text, "scalewise_agent_exports_total{result=\"failed\"}").unwrap_or(0.0) >= 2.0
-        })
+    let exports = |text: &str, result: &str| {
+        value(text, "scalewise_agent_exports_total", &[("result", result)]).unwrap_or(0.0)
+    };
+    wait_until(Duration::from_secs(20), "failed exports counted", || {
+        get_with(&url, None, None).is_ok_and(|(_, text)| exports(&text, "failed") >= 2.0)
     });
     let (_, text) = get_with(&url, None, None).expect("agent metrics");
-    assert_eq!(
-        sample(&text, "scalewise_agent_exports_total{result=\"ok\"}").unwrap_or(0.0),
-        0.0,
-        "{text}"
-    );
+    assert_eq!(exports(&text, "ok"), 0.0, "{text}");
     assert!(untrusting.running(), "the agent without the CA crashed");
-    let log = untrusting.log();
+    let log = untrusting.stderr();
     assert!(log.contains("export to the collector failed"), "{log}");
     let services = c.json("/api/v1/services").expect("services");
     assert!(
         !services.to_string().contains("no-ca-svc"),
         "an unverified export arrived: {services}"
     );
-    assert!(trusted.log().contains(&c.url()), "{}", trusted.log());
+    assert!(trusted.stderr().contains(&c.url()), "{}", trusted.stderr());
 }
 
 #[test]
@@ -214,7 +150,10 @@ fn plain_http_to_the_tls_port_fails_and_is_counted() {
     // The trusting client gets through, and the failed handshakes were counted.
     assert_eq!(c.get("/healthz").expect("https").0, 200);
     let dropped = c
-        .metric("scalewise_collector_connections_dropped_total{reason=\"tls_handshake\"}")
+        .metric(
+            "scalewise_collector_connections_dropped_total",
+            &[("reason", "tls_handshake")],
+        )
         .expect("metric");
     assert!(dropped >= 2.0, "{dropped}");
 }
@@ -269,8 +208,11 @@ fn grpc_export_over_tls_is_received() {
     let got = c.json("/api/v1/services/grpc-tls").expect("service");
     assert_eq!(got["service"], "grpc-tls");
     assert!(
-        c.metric("scalewise_collector_points_received_total{transport=\"grpc\"}")
-            .expect("m")
+        c.metric(
+            "scalewise_collector_points_received_total",
+            &[("transport", "grpc")]
+        )
+        .expect("m")
             > 0.0
     );
 }
@@ -380,17 +322,21 @@ fn slow_and_silent_clients_are_cut_off_and_others_still_answered() {
     assert_eq!(c.get("/healthz").expect("healthz after the cut").0, 200);
     drop(silent);
     let m = |reason: &str| {
-        c.metric(&format!(
-            "scalewise_collector_connections_dropped_total{{reason=\"{reason}\"}}"
-        ))
+        c.metric(
+            "scalewise_collector_connections_dropped_total",
+            &[("reason", reason)],
+        )
         .expect("metric")
     };
     // Three slow-loris and (at least five of) the six silent connections.
     assert!(m("timeout") >= 8.0, "timeouts {}", m("timeout"));
     assert!(m("limit") >= 1.0, "limit {}", m("limit"));
     assert!(
-        c.metric("scalewise_collector_requests_rejected_total{reason=\"body_timeout\"}")
-            .expect("metric")
+        c.metric(
+            "scalewise_collector_requests_rejected_total",
+            &[("reason", "body_timeout")]
+        )
+        .expect("metric")
             >= 1.0
     );
 }
@@ -399,10 +345,11 @@ fn slow_and_silent_clients_are_cut_off_and_others_still_answered() {
 fn bad_certificate_files_are_clear_startup_errors() {
     let pki = Pki::new();
     let run = |args: &[&str]| {
+        let data = TempDir::new("tls-bad").expect("temp dir");
         let out = Command::new(collector_bin())
             .args(["--listen", &format!("127.0.0.1:{}", free_port())])
             .arg("--data-dir")
-            .arg(temp_dir("tls-bad"))
+            .arg(&data)
             .args(args)
             .stdin(Stdio::null())
             .output()
@@ -447,9 +394,10 @@ fn bad_certificate_files_are_clear_startup_errors() {
     assert!(!st.success());
     assert!(err.contains("--tls-key"), "{err}");
     // TLS alone does not make a non-loopback listen acceptable: tokens still are required.
+    let data = TempDir::new("tls-exposed").expect("temp dir");
     let out = Command::new(collector_bin())
         .args(["--listen", "0.0.0.0:0", "--data-dir"])
-        .arg(temp_dir("tls-exposed"))
+        .arg(&data)
         .args(["--tls-cert", s(&pki.cert), "--tls-key", s(&pki.key)])
         .output()
         .expect("run");

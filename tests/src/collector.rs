@@ -10,23 +10,11 @@ use anyhow::{anyhow, bail, Context};
 use scalewise_collector::otlp;
 use scalewise_core::budget::{Budget, DependencyTime, RequestSource};
 
-use crate::harness::free_port;
+use crate::harness::{free_port, TempDir};
+use crate::metrics;
 
 pub fn collector_bin() -> PathBuf {
     crate::harness::agent_bin().with_file_name("scalewise-collector")
-}
-
-/// A fresh directory under the system temp dir.
-pub fn temp_dir(tag: &str) -> PathBuf {
-    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let d = std::env::temp_dir().join(format!(
-        "scalewise-{tag}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    let _ = std::fs::create_dir_all(&d);
-    d
 }
 
 /// A running collector, killed by pid on drop.
@@ -39,12 +27,17 @@ pub struct Collector {
     ca: Option<PathBuf>,
     /// A command the collector is started through (another user, a mount namespace).
     wrapper: Vec<String>,
+    /// The data dir when the harness made it: removed once `drop` has killed the collector.
+    own_dir: Option<TempDir>,
 }
 
 impl Collector {
     /// Starts a collector on a free loopback port with a new data dir and a 1 s flush.
     pub fn start(extra: &[&str]) -> anyhow::Result<Collector> {
-        Collector::start_in(&temp_dir("collector"), extra)
+        let dir = TempDir::new("collector")?;
+        let mut c = Collector::start_in(&dir, extra)?;
+        c.own_dir = Some(dir);
+        Ok(c)
     }
 
     /// Starts a collector on `data_dir` (reopening a store left by an earlier one).
@@ -61,7 +54,10 @@ impl Collector {
     ) -> anyhow::Result<Collector> {
         let mut args: Vec<&str> = vec!["--tls-cert", path_str(cert)?, "--tls-key", path_str(key)?];
         args.extend(extra);
-        Collector::start_with(&[], &temp_dir("collector"), Some(ca), &args)
+        let dir = TempDir::new("collector")?;
+        let mut c = Collector::start_with(&[], &dir, Some(ca), &args)?;
+        c.own_dir = Some(dir);
+        Ok(c)
     }
 
     /// Starts a collector on `data_dir` through `wrapper`, a command that execs its arguments
@@ -87,6 +83,7 @@ impl Collector {
             args: extra.iter().map(|s| s.to_string()).collect(),
             ca: ca.map(Path::to_path_buf),
             wrapper: wrapper.to_vec(),
+            own_dir: None,
         };
         c.spawn()?;
         Ok(c)
@@ -183,24 +180,14 @@ impl Collector {
 
     /// Resident memory of the collector process, in bytes.
     pub fn rss_bytes(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map_or(0, |kb| kb * 1024)
+        crate::harness::rss_kib(self.pid()) * 1024
     }
 
-    /// A sample value from `/metrics` (the first series whose line starts with `prefix`).
-    pub fn metric(&self, prefix: &str) -> anyhow::Result<f64> {
+    /// A value from `/metrics`: the first series of `name` with `labels` ([`metrics::value`]).
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> anyhow::Result<f64> {
         let (_, text) = self.get("/metrics")?;
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .find(|l| l.starts_with(prefix))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| anyhow!("no {prefix} in /metrics"))
+        metrics::value(&text, name, labels)
+            .ok_or_else(|| anyhow!("no {name} {labels:?} in /metrics"))
     }
 }
 

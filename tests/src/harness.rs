@@ -1,11 +1,19 @@
 //! Starts and stops the real parts an end-to-end test needs, each on loopback with a free port and
 //! each stopped by pid on drop: a private PostgreSQL cluster (initdb into a temp dir), the
-//! workload services, a JVM, the load generator; and runs the agent binary.
+//! workload services (and "orders on PostgreSQL", the dependency-bound service several suites
+//! share), a JVM, the load generator, `scalewise-agent run` ([`RunAgent`]); and runs the agent's
+//! one-shot `diagnose`. Also what every suite needs around them: temp dirs removed on drop,
+//! waiting for a condition or a listener, and whether the tests may do what needs root.
+//!
+//! One place for each, so a suite says what it starts and checks, not how a process is spawned,
+//! stopped or cleaned up after.
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
@@ -39,31 +47,142 @@ pub fn agent_bin() -> PathBuf {
     profile_dir().join("scalewise-agent")
 }
 
-/// A new directory under the system temp dir, unique to this process and call.
-pub fn temp_dir(tag: &str) -> anyhow::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!(
-        "scalewise-{tag}-{}-{}",
-        std::process::id(),
-        Instant::now().elapsed().as_nanos() ^ (free_port() as u128)
-    ));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
+/// A new directory under the system temp dir, `scalewise-TAG-PID-N`: unique to this process (its
+/// pid) and to the call (a counter), so tests running side by side in one binary never share one.
+/// Removed with everything in it on drop; [`TempDir::keep`] keeps it.
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> anyhow::Result<TempDir> {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "scalewise-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        // Left by an earlier process that had this pid.
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(TempDir(dir))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// The directory, no longer removed on drop (a build kept for the rest of the process).
+    pub fn keep(self) -> PathBuf {
+        let me = std::mem::ManuallyDrop::new(self);
+        me.0.clone()
+    }
 }
 
-/// Stops a child by pid: SIGTERM, then SIGKILL after a grace period.
-pub fn stop(child: &mut Child) {
-    // SIGTERM first, so servers shut down cleanly; SIGKILL after a grace period.
-    // SAFETY: signalling our own child by pid.
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for TempDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<OsStr> for TempDir {
+    fn as_ref(&self) -> &OsStr {
+        self.0.as_os_str()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Stops a child by pid: SIGTERM (servers shut down cleanly, an agent exports once more), then
+/// SIGKILL after a 10 s grace period. The exit status when it exited within the grace period.
+pub fn stop(child: &mut Child) -> Option<ExitStatus> {
+    // Already reaped (stopped before): its pid may be another process's by now.
+    if let Ok(Some(st)) = child.try_wait() {
+        return Some(st);
+    }
+    // SAFETY: signalling our own child by pid, not yet reaped.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
+        if let Ok(Some(st)) = child.try_wait() {
+            return Some(st);
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     let _ = child.kill();
     let _ = child.wait();
+    None
+}
+
+/// A child process stopped by pid ([`stop`]) on drop: a server the harness has no type for
+/// (Redis, nginx, a collector inside a network namespace).
+pub struct Proc(pub Child);
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        stop(&mut self.0);
+    }
+}
+
+/// Polls `ok` until it holds; panics naming `what` after `limit`.
+pub fn wait_until(limit: Duration, what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Waits until something listens on loopback `port`, at most 20 s.
+pub fn wait_listening(port: u16) {
+    wait_until(
+        Duration::from_secs(20),
+        &format!("a listener on port {port}"),
+        || TcpStream::connect(("127.0.0.1", port)).is_ok(),
+    );
+}
+
+/// Resident memory of a process (`VmRSS` of `/proc/PID/status`), in KiB; 0 once it is gone.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Whether the tests run as root (namespaces, other users, capabilities). When not, says that
+/// the test calling it is skipped and why: such tests pass without root, saying so.
+pub fn root(why: &str) -> bool {
+    let root = is_root();
+    if !root {
+        eprintln!("skipped: needs root {why}");
+    }
+    root
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
 }
 
 /// `program` run through `prefix` (a command that execs its arguments, such as [`as_nobody`] or
@@ -130,7 +249,8 @@ pub fn root_with_only(caps: &[&str], read_only: bool) -> Vec<String> {
 /// A private PostgreSQL cluster, stopped and deleted on drop.
 pub struct Postgres {
     pub port: u16,
-    dir: PathBuf,
+    /// Removed once `drop` has stopped the server (fields drop after it).
+    dir: TempDir,
     child: Child,
 }
 
@@ -155,11 +275,10 @@ fn pg_bindir() -> anyhow::Result<PathBuf> {
 impl Postgres {
     pub fn start() -> anyhow::Result<Postgres> {
         let bin = pg_bindir()?;
-        let dir = temp_dir("pg")?;
+        let dir = TempDir::new("pg")?;
         let data = dir.join("data");
         let port = free_port();
-        // SAFETY: geteuid has no preconditions.
-        let root = unsafe { libc::geteuid() } == 0;
+        let root = is_root();
         // initdb refuses to run as root: run the cluster as Debian's `postgres` user.
         let as_user = |program: PathBuf| -> Command {
             if root {
@@ -173,7 +292,7 @@ impl Postgres {
         if root {
             let ok = Command::new("chown")
                 .args(["-R", "postgres:postgres"])
-                .arg(&dir)
+                .arg(dir.path())
                 .status()?
                 .success();
             if !ok {
@@ -200,7 +319,7 @@ impl Postgres {
             .arg("-D")
             .arg(&data)
             .args(["-p", &port.to_string(), "-k"])
-            .arg(&dir)
+            .arg(dir.path())
             .args([
                 "-c",
                 "listen_addresses=127.0.0.1",
@@ -244,8 +363,32 @@ impl Postgres {
 impl Drop for Postgres {
     fn drop(&mut self) {
         stop(&mut self.child);
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// "Orders on PostgreSQL": the dependency-bound service several suites watch, a
+/// thread-per-request `serve` (8 workers, 2 ms of CPU) spending 25 ms of each request in a query
+/// on `pg`.
+pub fn orders_on(pg: &Postgres) -> anyhow::Result<Service> {
+    Service::workload(&[
+        "serve",
+        "--workers",
+        "8",
+        "--cpu-ms",
+        "2",
+        "--db",
+        &pg.addr(),
+        "--db-ms",
+        "25",
+    ])
+}
+
+/// A private PostgreSQL cluster and the orders service ([`orders_on`]) using it. Bind both
+/// (`let (pg, orders) = ...`): the service stops before the cluster.
+pub fn orders_on_postgres() -> anyhow::Result<(Postgres, Service)> {
+    let pg = Postgres::start()?;
+    let orders = orders_on(&pg)?;
+    Ok((pg, orders))
 }
 
 /// A running service (or any child that prints `listening ADDR`), killed by pid on drop.
@@ -333,7 +476,7 @@ impl Service {
             Some(b) => b.clone(),
             None => {
                 let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("go/main.go");
-                let out = temp_dir("go")?.join("gowork");
+                let out = TempDir::new("go")?.keep().join("gowork");
                 let st = Command::new("go")
                     .arg("build")
                     .arg("-o")
@@ -374,7 +517,7 @@ fn java_classes() -> anyhow::Result<PathBuf> {
         return Ok(d.clone());
     }
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("java/Workload.java");
-    let out = temp_dir("java")?;
+    let out = TempDir::new("java")?.keep();
     let st = Command::new("javac")
         .arg("-d")
         .arg(&out)
@@ -511,6 +654,137 @@ pub fn diagnose(
     extra: &[&str],
 ) -> anyhow::Result<serde_json::Value> {
     Ok(diagnose_report(pids, duration_s, extra)?["services"][0].clone())
+}
+
+/// A running `scalewise-agent run`: stdin closed, stdout and stderr (at `RUST_LOG=info`, no
+/// colour) in files of its own temp dir, read with [`RunAgent::stdout`] and
+/// [`RunAgent::stderr`]. Stopped by pid on drop or by [`RunAgent::stop`]: SIGTERM (it exports
+/// once more and exits), SIGKILL after 10 s.
+pub struct RunAgent {
+    child: Child,
+    /// Removed once `drop` has stopped the agent (fields drop after it).
+    logs: TempDir,
+}
+
+impl RunAgent {
+    /// `scalewise-agent run ARGS`.
+    pub fn start(args: &[&str]) -> anyhow::Result<RunAgent> {
+        RunAgent::start_with(Command::new(agent_bin()), args)
+    }
+
+    /// `run ARGS` through `cmd`, a command for the agent binary that execs it (inside a network
+    /// namespace, through `setpriv` or [`wrapped`]), so the child's pid is the agent's.
+    pub fn start_with(mut cmd: Command, args: &[&str]) -> anyhow::Result<RunAgent> {
+        let logs = TempDir::new("agent")?;
+        let child = cmd
+            .arg("run")
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(logs.join("stdout"))?)
+            .stderr(std::fs::File::create(logs.join("stderr"))?)
+            .spawn()
+            .context("starting scalewise-agent run")?;
+        Ok(RunAgent { child, logs })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether it has not exited.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// What it wrote to stdout so far.
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(self.logs.join("stdout")).unwrap_or_default()
+    }
+
+    /// What it wrote to stderr (its log) so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.logs.join("stderr")).unwrap_or_default()
+    }
+
+    /// Its resident memory, in KiB (0 once it is gone).
+    pub fn rss_kib(&self) -> u64 {
+        rss_kib(self.pid())
+    }
+
+    /// SIGTERM and wait ([`stop`]): whether it exited successfully within the grace period, and
+    /// its stderr.
+    pub fn stop(mut self) -> (bool, String) {
+        let ok = stop(&mut self.child).is_some_and(|st| st.success());
+        (ok, self.stderr())
+    }
+}
+
+impl Drop for RunAgent {
+    fn drop(&mut self) {
+        stop(&mut self.child);
+    }
+}
+
+/// What headless Chromium printed, and how it ended (`None`: killed after a minute).
+pub struct Browser {
+    pub status: Option<ExitStatus>,
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+}
+
+/// Runs headless Chromium (Debian's `chromium`, installed by scripts/install-deps) with `args`:
+/// no sandbox (root), no network chatter, a fresh profile dir of its own. A browser that hangs
+/// is killed after a minute (a guard, not a check).
+pub fn chromium<S: AsRef<OsStr>>(args: &[S]) -> anyhow::Result<Browser> {
+    let profile = TempDir::new("chromium-profile")?;
+    let mut child = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting chromium (install it: scripts/install-deps)")?;
+    fn drain<R: Read + Send + 'static>(r: Option<R>) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut buf);
+            }
+            buf
+        })
+    }
+    let out = drain(child.stdout.take());
+    let err = drain(child.stderr.take());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            break Some(st);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    Ok(Browser {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: String::from_utf8_lossy(&err.join().unwrap_or_default()).into_owned(),
+    })
 }
 
 /// Serialises tests that load the machine (2 cores: accuracy needs them alone).

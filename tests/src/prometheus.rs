@@ -47,31 +47,28 @@ pub fn run_tool(cmd: &mut Command) -> anyhow::Result<String> {
     Ok(text)
 }
 
-/// A fresh temp directory (removed by [`TempDir`]'s drop).
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> anyhow::Result<TempDir> {
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!(
-            "scalewise-{tag}-{}-{n}-{}",
-            std::process::id(),
-            crate::harness::free_port()
-        ));
-        std::fs::create_dir_all(&dir)?;
-        Ok(TempDir(dir))
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// `promtool check metrics` on an exposition: whether promtool accepted it, and what it said
+/// (stdout and stderr; lint findings come with success too).
+pub fn promtool_check_metrics(body: &str) -> anyhow::Result<(bool, String)> {
+    let mut child = Command::new(tool("promtool")?)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting promtool")?;
+    child
+        .stdin
+        .take()
+        .ok_or_else(|| anyhow!("promtool has no stdin"))?
+        .write_all(body.as_bytes())?;
+    let out = child.wait_with_output()?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok((out.status.success(), text))
 }
 
 /// One GET over HTTP/1.0 (so the server closes the connection and sends no chunked body):
@@ -202,17 +199,7 @@ impl Prometheus {
 
 impl Drop for Prometheus {
     fn drop(&mut self) {
-        // SAFETY: signalling our own child by pid.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        crate::harness::stop(&mut self.child);
     }
 }
 
@@ -333,6 +320,20 @@ pub fn substitute(expr: &str, vars: &[(&str, &str)]) -> String {
         out = out.replace(&format!("${k}"), v);
     }
     out
+}
+
+/// `expr` as a dashboard shows it for one service: [`substitute`] with `$service` set to
+/// `service` and every instance, agent and collector selected (`.*`).
+pub fn for_service(expr: &str, service: &str) -> String {
+    substitute(
+        expr,
+        &[
+            ("service", service),
+            ("instance", ".*"),
+            ("agent", ".*"),
+            ("collector", ".*"),
+        ],
+    )
 }
 
 /// A YAML file's documents as JSON, through Python's PyYAML.

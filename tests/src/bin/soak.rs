@@ -18,15 +18,16 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use scalewise_core::engine::{diagnose, Thresholds};
-use scalewise_e2e::collector::{collector_bin, get, now_ns, temp_dir, Instance, Profile};
-use scalewise_e2e::harness::{agent_bin, free_port, stop, Load, Service};
+use scalewise_e2e::collector::{collector_bin, get, now_ns, Instance, Profile};
+use scalewise_e2e::harness::{free_port, rss_kib, stop, Load, RunAgent, Service, TempDir};
+use scalewise_e2e::metrics;
 use scalewise_e2e::workload::Args;
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -213,24 +214,6 @@ fn sender(
     }
 }
 
-/// `scalewise-agent run` on a real workload, SIGTERM on drop.
-struct RealAgent(Child);
-
-impl Drop for RealAgent {
-    fn drop(&mut self) {
-        stop(&mut self.0);
-    }
-}
-
-fn proc_status_kb(pid: u32, key: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .unwrap_or(0.0)
-}
-
 /// utime + stime of a process, in seconds.
 fn proc_cpu_s(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -271,19 +254,6 @@ fn timed(url: &str, n: usize) -> (f64, f64, String, bool) {
     }
     ms.sort_by(f64::total_cmp);
     (ms[ms.len() / 2], ms[ms.len() - 1], body, ok)
-}
-
-/// Sum of every series of a family in a Prometheus text exposition.
-fn metric_sum(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|r| r.starts_with('{') || r.starts_with(' '))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>()
-        // An empty sum is -0.0.
-        + 0.0
 }
 
 /// What a watched service's answer should be: verdict and shares of its steady profile.
@@ -378,7 +348,7 @@ fn run() -> anyhow::Result<()> {
         libc::signal(libc::SIGINT, handler as libc::sighandler_t);
         libc::signal(libc::SIGTERM, handler as libc::sighandler_t);
     }
-    let work = temp_dir("soak");
+    let work = TempDir::new("soak")?;
     let data = work.join("data");
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
@@ -438,22 +408,23 @@ fn run() -> anyhow::Result<()> {
             Service::workload(&["serve", "--workers", "8", "--lock-ms", "4"])?
         };
         loads.push(Load::start(svc.port, 4, opts.duration_s + 60.0, 10.0)?);
-        let alog = std::fs::File::create(work.join(format!("agent-{name}.log")))?;
-        let child = Command::new(agent_bin())
-            .args(["run", "--pid", &svc.pid.to_string(), "--service", name])
-            .args(["--collector", &base, "--export-interval", "10"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(alog)
-            .spawn()
-            .context("spawning scalewise-agent run")?;
+        let agent = RunAgent::start(&[
+            "--pid",
+            &svc.pid.to_string(),
+            "--service",
+            name,
+            "--collector",
+            &base,
+            "--export-interval",
+            "10",
+        ])?;
         println!(
             "soak: real service {name} pid {} port {}, agent pid {}",
             svc.pid,
             svc.port,
-            child.id()
+            agent.pid()
         );
-        agents.push(RealAgent(child));
+        agents.push(agent);
         services.push(svc);
     }
 
@@ -550,7 +521,7 @@ fn run() -> anyhow::Result<()> {
             collector_exit = Some(st);
             break;
         }
-        let rss = proc_status_kb(cpid, "VmRSS:") / 1024.0;
+        let rss = rss_kib(cpid) as f64 / 1024.0;
         let fds = std::fs::read_dir(format!("/proc/{cpid}/fd")).map_or(0, |d| d.count()) as f64;
         let (db, wal) = dir_bytes(&data);
         let cpu = proc_cpu_s(cpid);
@@ -601,12 +572,12 @@ fn run() -> anyhow::Result<()> {
             onemax,
             m50,
             mmax,
-            metric_sum(&mtext, "scalewise_collector_services"),
-            metric_sum(&mtext, "scalewise_collector_instances"),
-            metric_sum(&mtext, "scalewise_collector_points_received_total"),
-            metric_sum(&mtext, "scalewise_collector_points_rejected_total"),
-            metric_sum(&mtext, "scalewise_collector_requests_rejected_total"),
-            metric_sum(&mtext, "scalewise_collector_overflow_dropped_total"),
+            metrics::sum(&mtext, "scalewise_collector_services"),
+            metrics::sum(&mtext, "scalewise_collector_instances"),
+            metrics::sum(&mtext, "scalewise_collector_points_received_total"),
+            metrics::sum(&mtext, "scalewise_collector_points_rejected_total"),
+            metrics::sum(&mtext, "scalewise_collector_requests_rejected_total"),
+            metrics::sum(&mtext, "scalewise_collector_overflow_dropped_total"),
             stats.sent.load(Ordering::Relaxed) as f64,
             stats.errors.load(Ordering::Relaxed) as f64,
             stats.restarts.load(Ordering::Relaxed) as f64,
@@ -667,7 +638,7 @@ fn run() -> anyhow::Result<()> {
     for l in warn.iter().take(20) {
         println!("  {l}");
     }
-    let _ = std::fs::remove_dir_all(&work);
+    drop(work);
     println!("soak: CSV in {}", opts.csv.display());
     Ok(())
 }
