@@ -230,8 +230,8 @@ fn ctrl_c_ends_the_window_early_with_the_diagnosis_so_far() {
         .expect("service");
     let _load = Load::start(svc.port, 8, 30.0, 0.0).expect("load");
     std::thread::sleep(Duration::from_secs(1));
-    let dir = scalewise_e2e::harness::temp_dir("ctrlc").expect("temp dir");
-    let report = dir.join("report.md");
+    let dir = scalewise_e2e::harness::TempDir::new("ctrlc").expect("temp dir");
+    let report = dir.path().join("report.md");
     let mut child = Command::new(agent_bin())
         .args(["diagnose", "--pid", &svc.pid.to_string()])
         .args(["--duration", "60", "--format", "json", "--report"])
@@ -264,7 +264,6 @@ fn ctrl_c_ends_the_window_early_with_the_diagnosis_so_far() {
     );
     let written = std::fs::metadata(&report).map(|m| m.len()).unwrap_or(0);
     assert!(written > 0, "no report at {}: {err}", report.display());
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
