@@ -215,6 +215,40 @@ fn dependency_bound_on_postgresql_thread_per_request() {
     assert_eq!(d["dependencies"][0]["kind"], "postgresql");
 }
 
+/// The database over its unix-domain socket (a local PostgreSQL as most hosts run it): the
+/// TCP tables never show it; the threads blocked reading the socket and its peer's path do.
+#[test]
+fn dependency_bound_on_postgresql_over_its_unix_socket() {
+    let _x = exclusive();
+    let pg = Postgres::start().expect("postgres");
+    let svc = Service::workload(&[
+        "serve",
+        "--workers",
+        "8",
+        "--cpu-ms",
+        "1",
+        "--db",
+        &pg.unix_socket(),
+        "--db-ms",
+        "20",
+    ])
+    .expect("service");
+    let (d, _) = run(Scenario {
+        name: "pg-unix-socket",
+        service: svc,
+        concurrency: 8,
+        think_ms: 0.0,
+        verdict: Some("dependency"),
+        skip: &[],
+        flags: vec![],
+        load_flags: &[],
+        client: false,
+    });
+    let want = format!("unix:{}", pg.unix_socket());
+    assert_eq!(d["dependencies"][0]["endpoint"], want.as_str(), "{d:#}");
+    assert_eq!(d["dependencies"][0]["kind"], "postgresql", "{d:#}");
+}
+
 #[test]
 fn dependency_bound_through_an_event_loop() {
     let _x = exclusive();

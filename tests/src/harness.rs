@@ -355,6 +355,11 @@ impl Postgres {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// The cluster's unix-domain socket (`-k DIR`), as libpq names it: `DIR/.s.PGSQL.PORT`.
+    pub fn unix_socket(&self) -> String {
+        format!("{}/.s.PGSQL.{}", self.dir.path().display(), self.port)
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
