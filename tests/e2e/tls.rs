@@ -404,3 +404,94 @@ fn bad_certificate_files_are_clear_startup_errors() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--token-file"));
 }
+
+/// `scalewise-agent run ARGS` in a mount namespace where `/etc/ssl` is empty: the trust store a
+/// minimal image does not have.
+fn without_trust_store() -> Command {
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--", "sh", "-c"])
+        .arg(format!(
+            "mount -t tmpfs none /etc/ssl && exec {} \"$@\"",
+            scalewise_e2e::harness::agent_bin().display()
+        ))
+        .arg("sh");
+    cmd
+}
+
+#[test]
+fn without_a_trust_store_plain_http_exports_and_https_says_what_it_needs() {
+    if !scalewise_e2e::harness::root("a mount namespace hides the trust store") {
+        return;
+    }
+    let pki = Pki::new();
+    let c = Collector::start(&[]).expect("collector");
+    let svc = Service::workload(&["serve", "--workers", "2", "--cpu-ms", "1"]).expect("workload");
+    let pid = svc.pid.to_string();
+    let mut plain = RunAgent::start_with(
+        without_trust_store(),
+        &[
+            "--pid",
+            &pid,
+            "--service",
+            "no-store-svc",
+            "--collector",
+            &c.url(),
+            "--export-interval",
+            "1",
+        ],
+    )
+    .expect("start agent");
+    wait_until(
+        Duration::from_secs(25),
+        "no-store-svc in /api/v1/services",
+        || {
+            c.json("/api/v1/services").is_ok_and(|v| {
+                v["services"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|s| s["service"] == "no-store-svc"))
+            })
+        },
+    );
+    assert!(plain.running(), "{}", plain.stderr());
+    // HTTPS with nothing to trust: a clear start-up error naming the flag, at once.
+    let out = without_trust_store()
+        .args(["run", "--pid", &pid, "--collector", "https://127.0.0.1:9"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("agent");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("no trust store") && err.contains("--collector-ca"),
+        "{err}"
+    );
+    // With --collector-ca, the given CA alone: HTTPS exports arrive.
+    let tls = pki.collector(&[]);
+    let _trusted = RunAgent::start_with(
+        without_trust_store(),
+        &[
+            "--pid",
+            &pid,
+            "--service",
+            "ca-only-svc",
+            "--collector",
+            &tls.url(),
+            "--collector-ca",
+            s(&pki.ca),
+            "--export-interval",
+            "1",
+        ],
+    )
+    .expect("start agent");
+    wait_until(
+        Duration::from_secs(25),
+        "ca-only-svc in /api/v1/services",
+        || {
+            tls.json("/api/v1/services").is_ok_and(|v| {
+                v["services"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|s| s["service"] == "ca-only-svc"))
+            })
+        },
+    );
+}
