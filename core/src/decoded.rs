@@ -70,7 +70,7 @@ pub enum Encoding {
 }
 
 /// Why a gzip body was refused.
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum InflateError {
     #[error("body is larger than {0} bytes after decompression")]
     TooLarge(usize),
@@ -104,7 +104,7 @@ pub fn gunzip_bounded(body: &[u8], max: usize) -> Result<Vec<u8>, InflateError> 
 }
 
 /// Why a (decompressed) body was not decoded.
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum DecodeError {
     /// Refused on the estimate, before decoding.
     #[error("body would take about {estimate} bytes once decoded (limit {limit})")]
@@ -224,7 +224,10 @@ mod tests {
     #[test]
     fn decode_reads_protobuf_and_otlp_json_to_the_same_message() {
         let req = sample();
-        assert_eq!(req.resource_spans[0].scope_spans[0].spans[0].span_id.len(), 8);
+        assert_eq!(
+            req.resource_spans[0].scope_spans[0].spans[0].span_id.len(),
+            8
+        );
         let pb = req.encode_to_vec();
         assert_eq!(decode(&pb, Encoding::Protobuf, 1 << 20), Ok(req.clone()));
         let json = serde_json::to_vec(&req).expect("json");
@@ -287,8 +290,8 @@ mod tests {
         let mut json = b"{\"resourceSpans\":[".to_vec();
         json.extend(std::iter::repeat_n(&b"{},"[..], 1 << 16).flatten());
         json.extend_from_slice(b"{}]}");
-        let e = decode::<ExportTraceServiceRequest>(&json, Encoding::Json, 1 << 20)
-            .expect_err("over");
+        let e =
+            decode::<ExportTraceServiceRequest>(&json, Encoding::Json, 1 << 20).expect_err("over");
         assert_eq!(e.reason(), "too_large");
         // Under the bound, the same shapes decode.
         let req: ExportTraceServiceRequest =
@@ -302,10 +305,14 @@ mod tests {
     #[test]
     fn malformed_bodies_are_refused_with_a_reason() {
         let pb = sample().encode_to_vec();
-        let e = decode::<ExportTraceServiceRequest>(&pb[..pb.len() - 3], Encoding::Protobuf, 1 << 20)
-            .expect_err("truncated");
+        let e =
+            decode::<ExportTraceServiceRequest>(&pb[..pb.len() - 3], Encoding::Protobuf, 1 << 20)
+                .expect_err("truncated");
         assert_eq!(e.reason(), "bad_protobuf");
-        assert!(e.to_string().starts_with("cannot decode OTLP protobuf: "), "{e}");
+        assert!(
+            e.to_string().starts_with("cannot decode OTLP protobuf: "),
+            "{e}"
+        );
         for bad in [&b"{\"resourceSpans\":["[..], b"[1,2]", b"", b"\xff"] {
             let e = decode::<ExportTraceServiceRequest>(bad, Encoding::Json, 1 << 20)
                 .expect_err("bad json");
