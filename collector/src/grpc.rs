@@ -4,27 +4,26 @@
 //! The service is ours rather than the one `opentelemetry-proto` generates, for two things the
 //! generated one cannot do: the token is checked from the headers before the body is decoded (an
 //! unauthenticated sender costs no decoding), and the codec estimates what the message will take
-//! once decoded before decoding it ([`scalewise_core::decoded`]), as OTLP/HTTP does. tonic still frames,
-//! decompresses (gzip) and bounds the message's size.
+//! once decoded before decoding it ([`scalewise_core::decoded::grpc::BoundedCodec`], the codec the
+//! agent's traces receiver serves with too), as OTLP/HTTP does. tonic still frames, decompresses
+//! (gzip) and bounds the message's size.
 
 use std::convert::Infallible;
-use std::marker::PhantomData;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
-use prost::bytes::Buf;
-use prost::Message;
-use tonic::codec::{
-    Codec, CompressionEncoding, DecodeBuf, Decoder, EnabledCompressionEncodings, EncodeBuf, Encoder,
-};
+use scalewise_core::decoded::grpc::BoundedCodec;
+use scalewise_core::decoded::DecodeError;
+use tonic::codec::{CompressionEncoding, EnabledCompressionEncodings};
 use tonic::codegen::http::{self, Request, Response};
 use tonic::server::{Grpc, UnaryService};
 use tonic::Status;
 
 use crate::app::{now_ms, App};
+use crate::ingest::IngestError;
 
 /// The method's path, as every OTLP exporter sends it.
 pub const EXPORT_PATH: &str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
@@ -83,10 +82,17 @@ where
                 )));
             }
             let limits = &app.config.limits;
-            let codec = Bounded {
-                app: app.clone(),
-                max_decoded: limits.max_decoded_bytes,
-            };
+            let counted = app.clone();
+            let codec: BoundedCodec<ExportMetricsServiceRequest, ExportMetricsServiceResponse, _> =
+                BoundedCodec::new(limits.max_decoded_bytes, move |e: &DecodeError| {
+                    // Under the reasons OTLP/HTTP counts (`decode` for any malformed message).
+                    let reason = IngestError::from(e.clone()).reason();
+                    counted
+                        .telemetry
+                        .requests_rejected
+                        .with_label_values(&[reason])
+                        .inc();
+                });
             let mut accept = EnabledCompressionEncodings::default();
             accept.enable(CompressionEncoding::Gzip);
             let mut grpc = Grpc::new(codec)
@@ -108,87 +114,5 @@ impl UnaryService<ExportMetricsServiceRequest> for Export {
     fn call(&mut self, request: tonic::Request<ExportMetricsServiceRequest>) -> Self::Future {
         let resp = self.app.ingest(request.get_ref(), "grpc", now_ms());
         std::future::ready(Ok(tonic::Response::new(resp)))
-    }
-}
-
-/// prost's codec with the decoded-size estimate in front of the decoder.
-struct Bounded {
-    app: Arc<App>,
-    max_decoded: usize,
-}
-
-impl Codec for Bounded {
-    type Encode = ExportMetricsServiceResponse;
-    type Decode = ExportMetricsServiceRequest;
-    type Encoder = ProstEncoder;
-    type Decoder = BoundedDecoder;
-
-    fn encoder(&mut self) -> ProstEncoder {
-        ProstEncoder
-    }
-
-    fn decoder(&mut self) -> BoundedDecoder {
-        BoundedDecoder {
-            app: self.app.clone(),
-            max_decoded: self.max_decoded,
-            _pd: PhantomData,
-        }
-    }
-}
-
-struct ProstEncoder;
-
-impl Encoder for ProstEncoder {
-    type Item = ExportMetricsServiceResponse;
-    type Error = Status;
-
-    fn encode(&mut self, item: Self::Item, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        item.encode(buf)
-            .map_err(|e| Status::internal(format!("cannot encode the response: {e}")))
-    }
-}
-
-struct BoundedDecoder {
-    app: Arc<App>,
-    max_decoded: usize,
-    _pd: PhantomData<ExportMetricsServiceRequest>,
-}
-
-impl Decoder for BoundedDecoder {
-    type Item = ExportMetricsServiceRequest;
-    type Error = Status;
-
-    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Status> {
-        // tonic hands over one whole message, in one chunk in practice; copied when not.
-        let copy;
-        let bytes: &[u8] = if buf.chunk().len() == buf.remaining() {
-            buf.chunk()
-        } else {
-            copy = buf.copy_to_bytes(buf.remaining());
-            &copy
-        };
-        let estimate = scalewise_core::decoded::protobuf_estimate(bytes);
-        if estimate > self.max_decoded {
-            self.app
-                .telemetry
-                .requests_rejected
-                .with_label_values(&["too_large"])
-                .inc();
-            return Err(Status::resource_exhausted(format!(
-                "message would take about {estimate} bytes once decoded (limit {}): send fewer points per request",
-                self.max_decoded
-            )));
-        }
-        let item = ExportMetricsServiceRequest::decode(bytes).map_err(|e| {
-            self.app
-                .telemetry
-                .requests_rejected
-                .with_label_values(&["decode"])
-                .inc();
-            Status::invalid_argument(format!("cannot decode OTLP protobuf: {e}"))
-        })?;
-        let consumed = buf.remaining();
-        buf.advance(consumed);
-        Ok(Some(item))
     }
 }

@@ -12,12 +12,12 @@ use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::{
     metric, number_data_point, AggregationTemporality, NumberDataPoint,
 };
-use prost::Message;
 use thiserror::Error;
 
-use crate::limits::{bound_label, gunzip_bounded, InflateError, Limits};
+use crate::limits::{bound_label, Limits};
 use crate::window::slot;
 use scalewise_core::budget::{Budget, RequestSource};
+use scalewise_core::decoded::{self, gunzip_bounded, InflateError};
 use scalewise_core::wire;
 
 /// Why a whole request was refused (a 4xx, with this as the reason).
@@ -45,22 +45,29 @@ impl IngestError {
     /// A fixed reason for `scalewise_collector_requests_rejected_total{reason}`.
     pub fn reason(&self) -> &'static str {
         match self {
-            IngestError::TooLarge(_)
-            | IngestError::DecodesTooLarge(..)
-            | IngestError::Inflate(InflateError::TooLarge(_)) => "too_large",
-            IngestError::Inflate(InflateError::Gzip(_)) => "bad_gzip",
+            IngestError::TooLarge(_) | IngestError::DecodesTooLarge(..) => "too_large",
+            IngestError::Inflate(e) => e.reason(),
             IngestError::MediaType(_) | IngestError::Encoding(_) => "unsupported_media_type",
             IngestError::Protobuf(_) | IngestError::Json(_) => "decode",
         }
     }
 }
 
-/// The body's format, which the response mirrors.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
-    Protobuf,
-    Json,
+/// The messages of OTLP/HTTP refusals as they were, on core's decode errors.
+impl From<decoded::DecodeError> for IngestError {
+    fn from(e: decoded::DecodeError) -> Self {
+        match e {
+            decoded::DecodeError::TooLarge { estimate, limit } => {
+                IngestError::DecodesTooLarge(estimate, limit)
+            }
+            decoded::DecodeError::Protobuf(m) => IngestError::Protobuf(m),
+            decoded::DecodeError::Json(m) => IngestError::Json(m),
+        }
+    }
 }
+
+/// The body's format, which the response mirrors.
+pub use scalewise_core::decoded::Encoding as Format;
 
 /// Decodes an OTLP/HTTP metrics body within the limits.
 pub fn decode_body(
@@ -107,23 +114,7 @@ pub fn decode_body(
         }
         Some(other) => return Err(IngestError::Encoding(other.chars().take(40).collect())),
     };
-    let estimate = match format {
-        Format::Protobuf => scalewise_core::decoded::protobuf_estimate(raw),
-        Format::Json => scalewise_core::decoded::json_estimate(raw),
-    };
-    if estimate > limits.max_decoded_bytes {
-        return Err(IngestError::DecodesTooLarge(
-            estimate,
-            limits.max_decoded_bytes,
-        ));
-    }
-    let req = match format {
-        Format::Protobuf => ExportMetricsServiceRequest::decode(raw)
-            .map_err(|e| IngestError::Protobuf(e.to_string()))?,
-        Format::Json => {
-            serde_json::from_slice(raw).map_err(|e| IngestError::Json(e.to_string()))?
-        }
-    };
+    let req = decoded::decode(raw, format, limits.max_decoded_bytes)?;
     Ok((req, format))
 }
 

@@ -2,10 +2,7 @@
 //! instances and dependencies are tracked. Each overflow is dropped and counted, never grown into
 //! an unbounded map (the OpenTelemetry SDK's cardinality limit does the same).
 
-use std::io::Read;
-
 use serde::{Deserialize, Serialize};
-use thiserror::Error;
 
 use crate::duration::Dur;
 
@@ -67,39 +64,9 @@ impl Default for Limits {
 /// A label value cut to `max` bytes, and whether it was cut.
 pub use scalewise_core::text::cut as bound_label;
 
-#[derive(Debug, Error, PartialEq, Eq)]
-pub enum InflateError {
-    #[error("body is larger than {0} bytes after decompression")]
-    TooLarge(usize),
-    #[error("body is not valid gzip: {0}")]
-    Gzip(String),
-}
-
-/// Decompresses gzip without ever holding more than `max` bytes: a bomb is refused after `max`
-/// bytes of output, not inflated.
-pub fn gunzip_bounded(body: &[u8], max: usize) -> Result<Vec<u8>, InflateError> {
-    let mut out = Vec::new();
-    let limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
-    flate2::read::GzDecoder::new(body)
-        .take(limit)
-        .read_to_end(&mut out)
-        .map_err(|e| InflateError::Gzip(e.to_string()))?;
-    if out.len() > max {
-        return Err(InflateError::TooLarge(max));
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
-
-    fn gzip(data: &[u8]) -> Vec<u8> {
-        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-        e.write_all(data).expect("write");
-        e.finish().expect("finish")
-    }
 
     #[test]
     fn labels_are_cut_on_character_boundaries() {
@@ -107,20 +74,5 @@ mod tests {
         let (cut, was) = bound_label(&"é".repeat(10), 5);
         assert!(was);
         assert_eq!(cut, "éé");
-    }
-
-    #[test]
-    fn a_gzip_bomb_is_refused_not_inflated() {
-        let bomb = gzip(&vec![0u8; 64 << 20]);
-        assert!(bomb.len() < 100_000, "64 MiB of zeros compress small");
-        assert_eq!(
-            gunzip_bounded(&bomb, 1 << 20),
-            Err(InflateError::TooLarge(1 << 20))
-        );
-        assert_eq!(gunzip_bounded(&gzip(b"hello"), 5).expect("fits"), b"hello");
-        assert!(matches!(
-            gunzip_bounded(b"not gzip", 100),
-            Err(InflateError::Gzip(_))
-        ));
     }
 }

@@ -19,6 +19,7 @@ use crate::app::{now_ms, App};
 use crate::config;
 use crate::ingest::{decode_body, Format, IngestError};
 use crate::{metrics, page};
+use scalewise_core::decoded::InflateError;
 
 const DEFAULT_WINDOW_MS: i64 = 300_000;
 
@@ -164,12 +165,9 @@ async fn otlp_http(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) 
         Ok(x) => x,
         Err(e) => {
             let status = match &e {
-                IngestError::TooLarge(_) | IngestError::DecodesTooLarge(..) => {
-                    StatusCode::PAYLOAD_TOO_LARGE
-                }
-                IngestError::Inflate(crate::limits::InflateError::TooLarge(_)) => {
-                    StatusCode::PAYLOAD_TOO_LARGE
-                }
+                IngestError::TooLarge(_)
+                | IngestError::DecodesTooLarge(..)
+                | IngestError::Inflate(InflateError::TooLarge(_)) => StatusCode::PAYLOAD_TOO_LARGE,
                 IngestError::MediaType(_) | IngestError::Encoding(_) => {
                     StatusCode::UNSUPPORTED_MEDIA_TYPE
                 }

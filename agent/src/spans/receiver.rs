@@ -2,34 +2,35 @@
 //! `TraceService/Export`, both on every `--otlp-listen` address (HTTP/1.1 and HTTP/2 cleartext
 //! share a port), feeding a [`SharedAggregate`] and, optionally, a forwarder.
 //!
-//! Input is the monitored service's: bodies are bounded before and after decompression, every
-//! refusal is a 4xx with the reason and a counter, nothing in a body can panic the agent
+//! Input is the monitored service's: bodies are bounded before and after decompression, and what
+//! they would take once decoded is estimated before decoding, over HTTP and gRPC alike (both
+//! through `scalewise_core::decoded`, as the collector's receiver); every refusal is a 4xx (a
+//! gRPC status) with the reason and a counter, nothing in a body can panic the agent
 //! ([`decode_http`] is pure and fuzzed). Forwarding is best-effort: bodies wait in a queue bounded
 //! in count and bytes for one sender; when the target is slow or gone the queue fills and further
 //! bodies are dropped and counted, so ingestion never waits on it and memory never grows.
 
-use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use prost::Message;
+use scalewise_core::decoded::{self, grpc::BoundedCodec, gunzip_bounded, InflateError};
 use serde::Serialize;
 use thiserror::Error;
+use tonic::codec::{CompressionEncoding, EnabledCompressionEncodings};
+use tonic::server::UnaryService;
 
 use super::{unix_ns, with, SharedAggregate};
 
@@ -39,8 +40,11 @@ pub const MAX_DECODED_BYTES: usize = 32 << 20;
 /// Largest memory a body may take once decoded, estimated before decoding it (see
 /// `scalewise_core::decoded`: empty messages are 2 bytes on the wire, ~100 in memory).
 pub const MAX_DECODED_MEMORY: usize = 128 << 20;
-/// Largest OTLP/gRPC message (decompressed) on the traces receiver.
+/// Largest OTLP/gRPC message (decompressed) on the traces receiver: gRPC's usual 4 MiB. What it
+/// decodes to is bounded by the estimate ([`MAX_DECODED_MEMORY`]), as over HTTP.
 pub const GRPC_MAX_MESSAGE_BYTES: usize = 4 << 20;
+/// The gRPC method served, as every OTLP exporter sends it.
+pub const GRPC_EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 /// Bodies waiting for the forward target, at most.
 pub const FORWARD_QUEUE: usize = 256;
 pub const FORWARD_QUEUE_BYTES: usize = 32 << 20;
@@ -83,6 +87,27 @@ pub enum DecodeError {
     ContentEncoding(String),
 }
 
+impl From<InflateError> for DecodeError {
+    fn from(e: InflateError) -> Self {
+        match e {
+            InflateError::TooLarge(limit) => DecodeError::DecompressedTooLarge(limit),
+            InflateError::Gzip(m) => DecodeError::Gzip(m),
+        }
+    }
+}
+
+impl From<decoded::DecodeError> for DecodeError {
+    fn from(e: decoded::DecodeError) -> Self {
+        match e {
+            decoded::DecodeError::TooLarge { estimate, limit } => {
+                DecodeError::DecodesTooLarge(estimate, limit)
+            }
+            decoded::DecodeError::Protobuf(m) => DecodeError::Protobuf(m),
+            decoded::DecodeError::Json(m) => DecodeError::Json(m),
+        }
+    }
+}
+
 impl DecodeError {
     /// The counter a refusal is filed under.
     pub fn kind(&self) -> &'static str {
@@ -110,44 +135,25 @@ impl DecodeError {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
-    Protobuf,
-    Json,
-}
+/// A body's encoding, from its content type.
+pub use scalewise_core::decoded::Encoding as Format;
 
 /// Decodes one `/v1/traces` body. `gzip` says whether it is compressed; `limit` bounds the
-/// decompressed size.
+/// decompressed size, [`MAX_DECODED_MEMORY`] the estimate of what it decodes to.
 pub fn decode_http(
     body: &[u8],
     format: Format,
     gzip: bool,
     limit: usize,
 ) -> Result<ExportTraceServiceRequest, DecodeError> {
-    let mut inflated = Vec::new();
-    let bytes: &[u8] = if gzip {
-        let mut d = flate2::read::GzDecoder::new(body).take(limit as u64 + 1);
-        d.read_to_end(&mut inflated)
-            .map_err(|e| DecodeError::Gzip(e.to_string()))?;
-        if inflated.len() > limit {
-            return Err(DecodeError::DecompressedTooLarge(limit));
-        }
+    let inflated;
+    let raw: &[u8] = if gzip {
+        inflated = gunzip_bounded(body, limit)?;
         &inflated
     } else {
         body
     };
-    let estimate = match format {
-        Format::Protobuf => scalewise_core::decoded::protobuf_estimate(bytes),
-        Format::Json => scalewise_core::decoded::json_estimate(bytes),
-    };
-    if estimate > MAX_DECODED_MEMORY {
-        return Err(DecodeError::DecodesTooLarge(estimate, MAX_DECODED_MEMORY));
-    }
-    match format {
-        Format::Protobuf => ExportTraceServiceRequest::decode(bytes)
-            .map_err(|e| DecodeError::Protobuf(e.to_string())),
-        Format::Json => serde_json::from_slice(bytes).map_err(|e| DecodeError::Json(e.to_string())),
-    }
+    Ok(decoded::decode(raw, format, MAX_DECODED_MEMORY)?)
 }
 
 /// What the receiver has done, for the agent's self-metrics.
@@ -179,8 +185,9 @@ pub struct StatsSnapshot {
 }
 
 impl ReceiverStats {
-    fn reject(&self, e: &DecodeError) {
-        let c = match e.kind() {
+    /// Counts a refusal under its reason ([`DecodeError::kind`]).
+    fn reject(&self, reason: &str) {
+        let c = match reason {
             "too_large" => &self.too_large,
             "bad_gzip" => &self.bad_gzip,
             "bad_protobuf" => &self.bad_protobuf,
@@ -315,7 +322,7 @@ impl AppState {
 }
 
 fn refuse(st: &AppState, e: DecodeError) -> Response {
-    st.stats.reject(&e);
+    st.stats.reject(e.kind());
     tracing::debug!(error = %e, "OTLP traces body refused");
     (e.status(), e.to_string()).into_response()
 }
@@ -385,15 +392,31 @@ async fn http_traces(State(st): State<AppState>, headers: HeaderMap, body: Body)
     }
 }
 
-struct Grpc(AppState);
+/// gRPC `TraceService/Export`: our own unary service rather than the generated one, so the
+/// message goes through the bounded codec (the estimate before prost decodes it, as over HTTP).
+async fn grpc_traces(State(st): State<AppState>, req: Request) -> Response {
+    st.stats.grpc_requests.fetch_add(1, Ordering::Relaxed);
+    let stats = st.stats.clone();
+    let codec: BoundedCodec<ExportTraceServiceRequest, ExportTraceServiceResponse, _> =
+        BoundedCodec::new(MAX_DECODED_MEMORY, move |e: &decoded::DecodeError| {
+            stats.reject(e.reason());
+            tracing::debug!(error = %e, "OTLP/gRPC traces message refused");
+        });
+    let mut accept = EnabledCompressionEncodings::default();
+    accept.enable(CompressionEncoding::Gzip);
+    let mut grpc = tonic::server::Grpc::new(codec)
+        .apply_compression_config(accept, EnabledCompressionEncodings::default())
+        .apply_max_message_size_config(Some(GRPC_MAX_MESSAGE_BYTES), None);
+    grpc.unary(GrpcExport(st), req).await.into_response()
+}
 
-#[tonic::async_trait]
-impl TraceService for Grpc {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        self.0.stats.grpc_requests.fetch_add(1, Ordering::Relaxed);
+struct GrpcExport(AppState);
+
+impl UnaryService<ExportTraceServiceRequest> for GrpcExport {
+    type Response = ExportTraceServiceResponse;
+    type Future = std::future::Ready<Result<tonic::Response<Self::Response>, tonic::Status>>;
+
+    fn call(&mut self, request: tonic::Request<ExportTraceServiceRequest>) -> Self::Future {
         let req = request.into_inner();
         self.0.ingest(&req);
         if let Some(f) = &self.0.forward {
@@ -403,7 +426,9 @@ impl TraceService for Grpc {
                 content_encoding: None,
             });
         }
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+        std::future::ready(Ok(tonic::Response::new(
+            ExportTraceServiceResponse::default(),
+        )))
     }
 }
 
@@ -477,15 +502,10 @@ impl Receiver {
             forward,
             max_body: cfg.max_body_bytes,
         };
-        let grpc = TraceServiceServer::new(Grpc(state.clone()))
-            // gRPC's usual 4 MiB: prost decodes inside tonic, before any estimate could run, and a
-            // message of empty spans decodes to ~50 times its size.
-            .max_decoding_message_size(GRPC_MAX_MESSAGE_BYTES)
-            .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
         let app = axum::Router::new()
             .route("/v1/traces", post(http_traces))
-            .with_state(state)
-            .merge(tonic::service::Routes::new(grpc).into_axum_router());
+            .route(GRPC_EXPORT_PATH, post(grpc_traces))
+            .with_state(state);
         let (shutdown, watch) = tokio::sync::watch::channel(false);
         let mut addrs = Vec::new();
         for &addr in &cfg.listen {
@@ -676,6 +696,105 @@ mod tests {
         // At most the queue and the one in flight wait; the rest are dropped and counted.
         assert!(s.forward_dropped > 0, "{s:?}");
         assert_eq!(s.forwarded, 0);
+    }
+
+    /// One gRPC `TraceService/Export` of `body` (bytes as sent, protobuf), as an SDK exporter
+    /// makes it (gzip when asked); the status on refusal.
+    async fn grpc_export(addr: SocketAddr, body: Vec<u8>, gzip: bool) -> Result<(), tonic::Status> {
+        use prost::bytes::{Buf, BufMut};
+        use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+        struct Raw;
+        impl Encoder for Raw {
+            type Item = Vec<u8>;
+            type Error = tonic::Status;
+            fn encode(
+                &mut self,
+                item: Vec<u8>,
+                buf: &mut EncodeBuf<'_>,
+            ) -> Result<(), Self::Error> {
+                buf.put_slice(&item);
+                Ok(())
+            }
+        }
+        impl Decoder for Raw {
+            type Item = ExportTraceServiceResponse;
+            type Error = tonic::Status;
+            fn decode(
+                &mut self,
+                buf: &mut DecodeBuf<'_>,
+            ) -> Result<Option<Self::Item>, Self::Error> {
+                let bytes = buf.copy_to_bytes(buf.remaining());
+                ExportTraceServiceResponse::decode(bytes)
+                    .map(Some)
+                    .map_err(|e| tonic::Status::internal(e.to_string()))
+            }
+        }
+        impl Codec for Raw {
+            type Encode = Vec<u8>;
+            type Decode = ExportTraceServiceResponse;
+            type Encoder = Raw;
+            type Decoder = Raw;
+            fn encoder(&mut self) -> Raw {
+                Raw
+            }
+            fn decoder(&mut self) -> Raw {
+                Raw
+            }
+        }
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| tonic::Status::unknown(e.to_string()))?
+            .connect()
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let mut grpc = tonic::client::Grpc::new(channel);
+        if gzip {
+            grpc = grpc.send_compressed(CompressionEncoding::Gzip);
+        }
+        grpc.ready()
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let path = tonic::codegen::http::uri::PathAndQuery::from_static(GRPC_EXPORT_PATH);
+        grpc.unary(tonic::Request::new(body), path, Raw)
+            .await
+            .map(|_| ())
+    }
+
+    #[test]
+    fn grpc_exports_are_decoded_within_the_estimate() {
+        let r = Receiver::start_owned(
+            ReceiverConfig::new(vec!["127.0.0.1:0".parse().expect("addr")]),
+            SharedAggregate::default(),
+        )
+        .expect("receiver");
+        let addr = r.addrs[0];
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let good = sample().encode_to_vec();
+        rt.block_on(grpc_export(addr, good.clone(), false))
+            .expect("accepted");
+        rt.block_on(grpc_export(addr, good, true))
+            .expect("accepted gzipped");
+        // 2 MiB of empty resource-spans: under the 4 MiB message limit, ~130 MiB once decoded.
+        let empties: Vec<u8> = std::iter::repeat_n([0x0a, 0x00], 1 << 20)
+            .flatten()
+            .collect();
+        assert!(empties.len() < GRPC_MAX_MESSAGE_BYTES);
+        let status = rt
+            .block_on(grpc_export(addr, empties, true))
+            .expect_err("refused");
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status}");
+        assert!(status.message().contains("once decoded"), "{status}");
+        let status = rt
+            .block_on(grpc_export(addr, vec![0x0a, 0xff], false))
+            .expect_err("malformed");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status}");
+        let s = r.snapshot();
+        assert_eq!(s.grpc_requests, 4, "{s:?}");
+        assert_eq!(s.spans.server_spans, 2, "{s:?}");
+        assert_eq!(s.rejected["too_large"], 1, "{s:?}");
+        assert_eq!(s.rejected["bad_protobuf"], 1, "{s:?}");
     }
 
     #[test]
