@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use scalewise_collector::config::Config;
 use scalewise_collector::ingest::decode_body;
-use scalewise_collector::{otlp, App};
+use scalewise_collector::{otlp_request, App};
 use scalewise_core::budget::{Budget, DependencyTime, RequestSource};
 
 fn budget(secs: f64, k: usize) -> Budget {
@@ -76,31 +76,31 @@ fn bodies(
     for step in steps {
         let t = start + step * 10_000_000_000;
         let secs = (t - start) as f64 / 1e9;
-        let mut req = otlp::request(&[], &Budget::default(), 0, 0);
+        let mut req = otlp_request::request(&[], &Budget::default(), 0, 0);
         req.resource_metrics.clear();
         for s in 0..services {
             for i in 0..instances {
-                let attrs = otlp::resource_attrs(
+                let attrs = otlp_request::resource_attrs(
                     &format!("service-{s}"),
                     &format!("service-{s}-{i}"),
                     None,
                 );
-                req.resource_metrics.push(otlp::resource_metrics(
+                req.resource_metrics.push(otlp_request::resource_metrics(
                     &attrs,
                     &budget(secs, s),
                     start,
                     t,
                 ));
                 if req.resource_metrics.len() == 100 {
-                    points += otlp::count_points(&req);
-                    out.push(otlp::encode(&req));
+                    points += otlp_request::count_points(&req);
+                    out.push(otlp_request::encode(&req));
                     req.resource_metrics.clear();
                 }
             }
         }
         if !req.resource_metrics.is_empty() {
-            points += otlp::count_points(&req);
-            out.push(otlp::encode(&req));
+            points += otlp_request::count_points(&req);
+            out.push(otlp_request::encode(&req));
         }
     }
     (out, points)
@@ -117,17 +117,24 @@ fn bodies_for(
     let secs = (t - start) as f64 / 1e9;
     let mut out = Vec::new();
     let mut points = 0;
-    let mut req = otlp::request(&[], &Budget::default(), 0, 0);
+    let mut req = otlp_request::request(&[], &Budget::default(), 0, 0);
     req.resource_metrics.clear();
     for s in services {
         for i in 0..instances {
-            let attrs =
-                otlp::resource_attrs(&format!("service-{s}"), &format!("service-{s}-{i}"), None);
-            req.resource_metrics
-                .push(otlp::resource_metrics(&attrs, &budget(secs, s), start, t));
+            let attrs = otlp_request::resource_attrs(
+                &format!("service-{s}"),
+                &format!("service-{s}-{i}"),
+                None,
+            );
+            req.resource_metrics.push(otlp_request::resource_metrics(
+                &attrs,
+                &budget(secs, s),
+                start,
+                t,
+            ));
             if req.resource_metrics.len() == 100 {
-                points += otlp::count_points(&req);
-                out.push(otlp::encode(&req));
+                points += otlp_request::count_points(&req);
+                out.push(otlp_request::encode(&req));
                 req.resource_metrics.clear();
             }
         }

@@ -390,7 +390,7 @@ pub fn reports(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::otlp;
+    use crate::otlp_request;
 
     #[test]
     fn a_budget_sent_as_otlp_comes_back_as_the_same_counters() {
@@ -412,8 +412,8 @@ mod tests {
                 awaiting_s: 2.5,
             },
         );
-        let res = otlp::resource_attrs("orders", "i-1", Some(42));
-        let req = otlp::request(&res, &b, 1_000_000_000, 11_000_000_000);
+        let res = otlp_request::resource_attrs("orders", "i-1", Some(42));
+        let req = otlp_request::request(&res, &b, 1_000_000_000, 11_000_000_000);
         let (reports, rejected, total) = reports(&req, 12_000, &Limits::default());
         assert_eq!(rejected.total(), 0, "{rejected:?}");
         assert_eq!(total as usize, wire::budget_points(&b).len());
@@ -436,13 +436,13 @@ mod tests {
             request_s: 1.0,
             ..Budget::default()
         };
-        let mut req = otlp::request(&[], &b, 1, 2_000_000_000);
+        let mut req = otlp_request::request(&[], &b, 1, 2_000_000_000);
         let n = wire::budget_points(&b).len() as u64;
         let (reports_, rejected, _) = reports(&req, 2_000, &Limits::default());
         assert!(reports_.is_empty());
         assert_eq!(rejected.by_reason.get("no_service_name"), Some(&n));
-        req = otlp::request(
-            &otlp::resource_attrs("s", "i", None),
+        req = otlp_request::request(
+            &otlp_request::resource_attrs("s", "i", None),
             &b,
             1,
             4_000_000_000_000_000_000,
@@ -459,8 +459,8 @@ mod tests {
             requests: 10.0,
             ..Budget::default()
         };
-        let body = otlp::encode(&otlp::request(
-            &otlp::resource_attrs("s", "i", Some(1)),
+        let body = otlp_request::encode(&otlp_request::request(
+            &otlp_request::resource_attrs("s", "i", Some(1)),
             &b,
             1,
             2_000_000_000,

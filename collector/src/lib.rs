@@ -23,7 +23,7 @@ pub mod grpc;
 pub mod ingest;
 pub mod limits;
 pub mod metrics;
-pub mod otlp;
+pub mod otlp_request;
 pub mod page;
 pub mod rest;
 pub mod sqlite;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::Request;
-use scalewise_collector::{now_ms, otlp, router, App, Config};
+use scalewise_collector::{now_ms, otlp_request, router, App, Config};
 use scalewise_core::budget::{Budget, DependencyTime, RequestSource};
 use scalewise_core::engine::{diagnose, Thresholds};
 use scalewise_core::wire::{counters::COUNTERS, prom};
@@ -60,12 +60,17 @@ async fn every_counter_reaches_the_window_the_engine_and_metrics() {
     let now = now_ms();
     let t0 = now - 20_000;
     let ns = |ms: i64| u64::try_from(ms).expect("time") * 1_000_000;
-    let attrs = otlp::resource_attrs("walk", "instance-1", Some(42));
+    let attrs = otlp_request::resource_attrs("walk", "instance-1", Some(42));
     {
         let app = App::open(config.clone()).expect("open");
         // Two cumulative snapshots 10 s apart: the window between them is `budget(1.0)`.
         for (t, scale) in [(t0 + 5_000, 1.0), (t0 + 15_000, 2.0)] {
-            let body = otlp::encode(&otlp::request(&attrs, &budget(scale), ns(t0), ns(t)));
+            let body = otlp_request::encode(&otlp_request::request(
+                &attrs,
+                &budget(scale),
+                ns(t0),
+                ns(t),
+            ));
             let req = Request::post("/v1/metrics")
                 .header("content-type", "application/x-protobuf")
                 .body(Body::from(body))

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use prost::Message;
 
-use scalewise_collector::otlp;
+use scalewise_collector::otlp_request;
 use scalewise_core::budget::Budget;
 use scalewise_core::engine::{diagnose, Thresholds};
 use scalewise_e2e::collector::{collector_bin, gzip, now_ns, post, Collector, Instance, Profile};
@@ -79,9 +79,9 @@ fn windows_over_real_http_match_the_engine() {
             b.send(&c, t).expect("b");
         }
         // The same snapshot as JSON and gzip: one instance, many encodings, same counters.
-        let attrs = otlp::resource_attrs("render", "render-1", Some(201));
+        let attrs = otlp_request::resource_attrs("render", "render-1", Some(201));
         let secs = (t - t0) as f64 / 1e9;
-        let req = otlp::request(&attrs, &r.profile.budget(secs), t0, t);
+        let req = otlp_request::request(&attrs, &r.profile.budget(secs), t0, t);
         let body = serde_json::to_vec(&req).expect("json");
         let (status, resp) = c
             .post("application/json", Some("gzip"), &gzip(&body))
@@ -196,8 +196,8 @@ fn grpc_export_is_received_like_http() {
             .send_compressed(tonic::codec::CompressionEncoding::Gzip);
         for k in 1..=5u64 {
             let t = t0 + k * 10 * S;
-            let attrs = otlp::resource_attrs("grpc-svc", "g-1", Some(7));
-            let req = otlp::request(&attrs, &i.profile.budget((k * 10) as f64), t0, t);
+            let attrs = otlp_request::resource_attrs("grpc-svc", "g-1", Some(7));
+            let req = otlp_request::request(&attrs, &i.profile.budget((k * 10) as f64), t0, t);
             let resp = client.export(req).await.expect("export").into_inner();
             assert!(resp.partial_success.is_none(), "{resp:?}");
         }
@@ -386,7 +386,7 @@ fn hostile_input_is_refused_or_counted_and_changes_no_other_answer() {
     );
 
     // NaN, negative values, far-future timestamps, no service.name: refused point by point.
-    let attrs = otlp::resource_attrs("weird", "w", None);
+    let attrs = otlp_request::resource_attrs("weird", "w", None);
     let mut b = Profile::cpu_bound().budget(10.0);
     b.cpu_s = f64::NAN;
     b.request_s = -3.0;
@@ -394,35 +394,41 @@ fn hostile_input_is_refused_or_counted_and_changes_no_other_answer() {
         .post(
             pb,
             None,
-            &otlp::encode(&otlp::request(&attrs, &b, now - 10 * S, now)),
+            &otlp_request::encode(&otlp_request::request(&attrs, &b, now - 10 * S, now)),
         )
         .expect("post");
     assert_eq!(status, 200);
     assert_eq!(partial(&body), 2);
-    let future = otlp::request(
+    let future = otlp_request::request(
         &attrs,
         &Profile::cpu_bound().budget(10.0),
         now,
         now + 3600 * S,
     );
-    let n = otlp::count_points(&future) as i64;
-    let (_, body) = c.post(pb, None, &otlp::encode(&future)).expect("post");
+    let n = otlp_request::count_points(&future) as i64;
+    let (_, body) = c
+        .post(pb, None, &otlp_request::encode(&future))
+        .expect("post");
     assert_eq!(partial(&body), n);
-    let anonymous = otlp::request(&[], &Profile::cpu_bound().budget(10.0), now - S, now);
-    let (_, body) = c.post(pb, None, &otlp::encode(&anonymous)).expect("post");
+    let anonymous = otlp_request::request(&[], &Profile::cpu_bound().budget(10.0), now - S, now);
+    let (_, body) = c
+        .post(pb, None, &otlp_request::encode(&anonymous))
+        .expect("post");
     assert_eq!(partial(&body), n);
 
     // Decreasing counters: a reset, never a negative share.
     let dec = Instance::new("decreasing", "d", 1, Profile::cpu_bound(), now - 100 * S);
     dec.send(&c, now - 10 * S).expect("send");
-    let smaller = otlp::request(
-        &otlp::resource_attrs("decreasing", "d", Some(1)),
+    let smaller = otlp_request::request(
+        &otlp_request::resource_attrs("decreasing", "d", Some(1)),
         &Profile::cpu_bound().budget(5.0),
         now - 100 * S,
         now - 5 * S,
     );
     assert_eq!(
-        c.post(pb, None, &otlp::encode(&smaller)).expect("post").0,
+        c.post(pb, None, &otlp_request::encode(&smaller))
+            .expect("post")
+            .0,
         200
     );
     let d = c
@@ -444,14 +450,14 @@ fn hostile_input_is_refused_or_counted_and_changes_no_other_answer() {
             },
         );
     }
-    let fat = otlp::request(
-        &otlp::resource_attrs("fat-deps", "fat", None),
+    let fat = otlp_request::request(
+        &otlp_request::resource_attrs("fat-deps", "fat", None),
         &b,
         now - 10 * S,
         now,
     );
     let (status, body) = c
-        .post(pb, Some("gzip"), &gzip(&otlp::encode(&fat)))
+        .post(pb, Some("gzip"), &gzip(&otlp_request::encode(&fat)))
         .expect("post");
     assert_eq!(status, 200);
     assert_eq!(partial(&body), 10_000 + 1 - 64, "{}", partial(&body));
@@ -470,12 +476,12 @@ fn hostile_input_is_refused_or_counted_and_changes_no_other_answer() {
     // 100,000 service names: 1,000 kept, the rest dropped and counted, memory bounded.
     let mut dropped_req = 0i64;
     for chunk in 0..10 {
-        let mut req = otlp::request(&[], &Budget::default(), 0, 0);
+        let mut req = otlp_request::request(&[], &Budget::default(), 0, 0);
         req.resource_metrics.clear();
         for k in 0..10_000 {
             let name = format!("svc-{chunk}-{k}");
-            let mut rm = otlp::resource_metrics(
-                &otlp::resource_attrs(&name, "i", None),
+            let mut rm = otlp_request::resource_metrics(
+                &otlp_request::resource_attrs(&name, "i", None),
                 &Budget::default(),
                 now - S,
                 now,
@@ -485,7 +491,7 @@ fn hostile_input_is_refused_or_counted_and_changes_no_other_answer() {
             req.resource_metrics.push(rm);
         }
         let (status, body) = c
-            .post(pb, Some("gzip"), &gzip(&otlp::encode(&req)))
+            .post(pb, Some("gzip"), &gzip(&otlp_request::encode(&req)))
             .expect("post");
         assert_eq!(status, 200);
         dropped_req += partial(&body);
@@ -796,8 +802,8 @@ fn exposed_listens_need_tokens_and_tokens_are_checked() {
         .block_on(raw_grpc(grpc_port, b"\xff\xff".to_vec(), Some("s3cret")))
         .expect_err("undecodable");
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status}");
-    let ok = otlp::request(
-        &otlp::resource_attrs("auth-grpc", "g", None),
+    let ok = otlp_request::request(
+        &otlp_request::resource_attrs("auth-grpc", "g", None),
         &Profile::cpu_bound().budget(10.0),
         now_ns() - 10 * S,
         now_ns(),

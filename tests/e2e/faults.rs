@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use scalewise_collector::otlp;
+use scalewise_collector::otlp_request;
 use scalewise_e2e::collector::{collector_bin, now_ns, Collector, Instance, Profile};
 use scalewise_e2e::harness::{
     agent_bin, as_nobody, exclusive, free_port, root_with_only, wait_until, workload_bin, wrapped,
@@ -275,8 +275,8 @@ fn body_stamped(inst: &Instance, real_ns: u64, stamp_ns: u64) -> Vec<u8> {
     let b = inst
         .profile
         .budget(real_ns.saturating_sub(inst.start_ns) as f64 / 1e9);
-    let attrs = otlp::resource_attrs(&inst.service, &inst.id, Some(inst.pid));
-    otlp::encode(&otlp::request(&attrs, &b, inst.start_ns, stamp_ns))
+    let attrs = otlp_request::resource_attrs(&inst.service, &inst.id, Some(inst.pid));
+    otlp_request::encode(&otlp_request::request(&attrs, &b, inst.start_ns, stamp_ns))
 }
 
 #[test]

@@ -14,7 +14,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
 };
-use scalewise_collector::otlp;
+use scalewise_collector::otlp_request;
 use scalewise_e2e::collector::{collector_bin, get_with, now_ns, Collector, Profile};
 use scalewise_e2e::harness::{free_port, wait_until, RunAgent, Service, TempDir};
 use scalewise_e2e::metrics::value;
@@ -186,9 +186,9 @@ fn grpc_export_over_tls_is_received() {
                 let channel = ep.connect().await?;
                 let mut client = MetricsServiceClient::new(channel)
                     .send_compressed(tonic::codec::CompressionEncoding::Gzip);
-                let attrs = otlp::resource_attrs("grpc-tls", "g-1", Some(9));
+                let attrs = otlp_request::resource_attrs("grpc-tls", "g-1", Some(9));
                 let t = t0 + 20 * 1_000_000_000;
-                let req = otlp::request(&attrs, &profile.budget(20.0), t0, t);
+                let req = otlp_request::request(&attrs, &profile.budget(20.0), t0, t);
                 client
                     .export(req)
                     .await

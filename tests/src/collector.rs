@@ -7,7 +7,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use scalewise_collector::otlp;
+use scalewise_collector::otlp_request;
 use scalewise_core::budget::{Budget, DependencyTime, RequestSource};
 
 use crate::harness::{free_port, TempDir};
@@ -394,8 +394,8 @@ impl Instance {
     pub fn body_at(&self, t_ns: u64) -> Vec<u8> {
         let secs = t_ns.saturating_sub(self.start_ns) as f64 / 1e9;
         let b = self.profile.budget(secs);
-        let attrs = otlp::resource_attrs(&self.service, &self.id, Some(self.pid));
-        otlp::encode(&otlp::request(&attrs, &b, self.start_ns, t_ns))
+        let attrs = otlp_request::resource_attrs(&self.service, &self.id, Some(self.pid));
+        otlp_request::encode(&otlp_request::request(&attrs, &b, self.start_ns, t_ns))
     }
 
     /// Sends one snapshot; fails unless the collector took every point.

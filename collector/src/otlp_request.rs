@@ -1,4 +1,4 @@
-//! A budget as an OTLP export request: what an agent sends, built from [`wire::budget_points`].
+//! A budget as an OTLP export request, built from [`wire::budget_points`]: what an agent sends.
 //!
 //! The collector itself only receives; this builder exists so tests, the benchmark and any Rust
 //! sender produce exactly the wire format without hand-written protobuf.
