@@ -13,6 +13,7 @@ pub mod demo;
 pub mod deps;
 pub mod diagnose;
 pub mod gc;
+pub mod peer;
 pub mod proc_files;
 pub mod render;
 pub mod report;

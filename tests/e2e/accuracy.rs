@@ -319,7 +319,7 @@ fn connection_pool_starved_in_front_of_a_fast_database() {
         "2",
     ])
     .expect("service");
-    run(Scenario {
+    let (d, _) = run(Scenario {
         name: "pool-starved",
         service: svc,
         concurrency: 8,
@@ -330,6 +330,8 @@ fn connection_pool_starved_in_front_of_a_fast_database() {
         load_flags: &[],
         client: false,
     });
+    // A private cluster on a free port: the process listening there says it is PostgreSQL.
+    assert_eq!(d["dependencies"][0]["kind"], "postgresql", "{d:#}");
 }
 
 #[test]

@@ -13,7 +13,10 @@
 
 use foldhash::HashMap;
 
+use std::path::Path;
+
 use crate::deps::kind_for_unix_path;
+use crate::peer::kind_of_local_server;
 use crate::sampler::sockets::SocketSampler;
 
 /// What a socket a thread blocked on turned out to be.
@@ -43,6 +46,7 @@ impl UnixDependencies {
         &mut self,
         blocked_on: &[u64],
         sockets: &mut SocketSampler,
+        proc_root: &Path,
     ) -> Vec<(String, &'static str, usize)> {
         if self.roles.len() > MAX_REMEMBERED {
             self.roles.clear();
@@ -52,7 +56,7 @@ impl UnixDependencies {
             let role = self
                 .roles
                 .entry(inode)
-                .or_insert_with(|| classify(inode, sockets));
+                .or_insert_with(|| classify(inode, sockets, proc_root));
             if let Role::Dependency(endpoint, kind) = role {
                 self.found = true;
                 match out.iter_mut().find(|(e, _, _)| e == endpoint) {
@@ -65,7 +69,7 @@ impl UnixDependencies {
     }
 }
 
-fn classify(inode: u64, sockets: &mut SocketSampler) -> Role {
+fn classify(inode: u64, sockets: &mut SocketSampler, proc_root: &Path) -> Role {
     let Ok(Some(me)) = sockets.unix_socket(inode) else {
         return Role::NotADependency;
     };
@@ -73,13 +77,16 @@ fn classify(inode: u64, sockets: &mut SocketSampler) -> Role {
         // Bound: the service's own listener path (a connection it serves) or a bound client.
         return Role::NotADependency;
     }
-    let peer_path = me
-        .peer
-        .and_then(|p| sockets.unix_socket(p).ok().flatten())
-        .and_then(|p| p.name);
-    match peer_path {
+    let Some(peer) = me.peer.and_then(|p| sockets.unix_socket(p).ok().flatten()) else {
+        return Role::NotADependency;
+    };
+    match peer.name {
         Some(path) => {
-            let kind = kind_for_unix_path(&path);
+            // The path tells the kind, or else the server process at the other end does.
+            let kind = match kind_for_unix_path(&path) {
+                "unknown" => kind_of_local_server(proc_root, peer.inode).unwrap_or("unknown"),
+                kind => kind,
+            };
             Role::Dependency(format!("unix:{path}"), kind)
         }
         None => Role::NotADependency,

@@ -120,6 +120,9 @@ pub struct SocketSampler {
     /// A listening socket in this network namespace belongs to another process: namespace-wide
     /// counters (accepted connections) are then not the service's alone.
     foreign_listeners: bool,
+    /// Other processes' listening sockets at the last full dump, by port (a dependency on this
+    /// host is named after the process behind it).
+    others_listening: HashMap<u16, u64>,
     fill_inbound: Fill,
     fill_outbound: Fill,
     /// Lookups per round (connections not known idle are always looked up; idle ones share
@@ -159,6 +162,7 @@ impl SocketSampler {
             inbound_at_dump: 0,
             churn: false,
             foreign_listeners: false,
+            others_listening: HashMap::new(),
             fill_inbound: Fill::default(),
             fill_outbound: Fill::default(),
             max_lookups: DEFAULT_MAX_LOOKUPS,
@@ -211,6 +215,15 @@ impl SocketSampler {
     /// mapped to it needs no new readlink (see `session::fds::scan_fds`).
     pub fn open_since_dump(&self, inode: u64) -> bool {
         self.open_at_dump.contains(&inode)
+    }
+
+    /// The inode of another process's socket listening on `port` in the namespace, as of the
+    /// last full dump.
+    pub fn listener_on(&self, port: u16) -> Option<u64> {
+        self.others_listening
+            .get(&port)
+            .copied()
+            .filter(|&i| i != 0)
     }
 
     /// The unix-domain socket with this inode in the service's namespace, with its name and
@@ -310,6 +323,7 @@ impl SocketSampler {
     fn dump(&mut self, owned: &dyn Fn(u64) -> bool) -> Result<(), SockDiagError> {
         self.diag.dump(&mut self.socks)?;
         self.foreign_listeners = false;
+        self.others_listening.clear();
         self.open_at_dump.clear();
         self.agent_addrs.clear();
         for s in &self.socks {
@@ -321,6 +335,9 @@ impl SocketSampler {
                     self.listen_ports.insert(s.local.port());
                 } else {
                     self.foreign_listeners = true;
+                    if self.others_listening.len() < 4096 {
+                        self.others_listening.insert(s.local.port(), s.inode);
+                    }
                 }
             }
         }
