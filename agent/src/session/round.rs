@@ -105,29 +105,27 @@ impl Session {
         let gaps = round.gap_awaiting.into_iter().map(|(e, s)| (e, s, 1.0));
         let rounds = round.awaiting.into_iter().map(|(e, v)| (e, v, dt));
         for (endpoint, v, dt) in rounds.chain(gaps) {
-            let key = endpoint.to_string();
-            if !self.budget.downstream.contains_key(&key) {
-                let (kind, name) = self.names.resolve(endpoint);
-                let kind = match kind.as_str() {
-                    // On this host: the process listening there says what it is.
-                    "unknown" if endpoint.ip().is_loopback() => sockets
-                        .listener_on(endpoint.port())
-                        .and_then(|inode| kind_of_local_server(&self.cfg.proc_root, inode))
-                        .map_or(kind, str::to_string),
-                    _ => kind,
-                };
-                self.budget.downstream.insert(
-                    key.clone(),
+            let (names, proc_root) = (&self.names, &self.cfg.proc_root);
+            self.budget
+                .downstream
+                .entry(endpoint.to_string())
+                .or_insert_with(|| {
+                    let (kind, name) = names.resolve(endpoint);
+                    let kind = match kind.as_str() {
+                        // On this host: the process listening there says what it is.
+                        "unknown" if endpoint.ip().is_loopback() => sockets
+                            .listener_on(endpoint.port())
+                            .and_then(|inode| kind_of_local_server(proc_root, inode))
+                            .map_or(kind, str::to_string),
+                        _ => kind,
+                    };
                     DependencyTime {
                         kind,
                         name,
                         awaiting_s: 0.0,
-                    },
-                );
-            }
-            if let Some(d) = self.budget.downstream.get_mut(&key) {
-                d.awaiting_s += v * dt;
-            }
+                    }
+                })
+                .awaiting_s += v * dt;
         }
         if sockets.churns() {
             self.notes.add(notes::CHURN.to_string());
