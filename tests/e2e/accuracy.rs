@@ -848,3 +848,72 @@ fn sampled_keepalive_connections_beside_busy_ones() {
         "idle connections were not sampled: {d:#}"
     );
 }
+
+/// A new connection to the backend for every call (an HTTP client without keep-alive, Go's
+/// default transport under concurrency): connections live one call, a few milliseconds, and
+/// the fd table must be read every round to find them open.
+#[test]
+fn dependency_reached_through_a_new_connection_per_call() {
+    let _x = exclusive();
+    let b = backend();
+    let svc = Service::workload(&[
+        "serve",
+        "--workers",
+        "8",
+        "--cpu-ms",
+        "1",
+        "--backend",
+        &b.addr(),
+        "--backend-ms",
+        "10",
+        "--backend-per-call",
+        "1",
+    ])
+    .expect("service");
+    let (d, _) = run(Scenario {
+        name: "connection-per-call",
+        service: svc,
+        concurrency: 8,
+        think_ms: 0.0,
+        verdict: Some("dependency"),
+        skip: &[],
+        flags: vec![],
+        load_flags: &[],
+        client: true,
+    });
+    assert_eq!(d["dependencies"][0]["endpoint"], b.addr().as_str(), "{d:#}");
+    assert!(d["evidence"].to_string().contains("per call"), "{d:#}");
+}
+
+/// Go's `http.DefaultClient` under concurrency: its transport keeps two idle connections per
+/// host, so most of eight concurrent calls open a new connection and close it after. Go's
+/// threads never block on a socket (netpoll), so only the sockets say where the time goes.
+#[test]
+fn go_default_http_client_opens_connections_per_call() {
+    let _x = exclusive();
+    let b = Service::workload(&["backend", "--port", "0", "--ms", "10"]).expect("backend");
+    let svc = Service::go(&[
+        "--alloc-kb",
+        "0",
+        "--cpu-ms",
+        "0.5",
+        "--backend",
+        &b.addr(),
+        "--backend-ms",
+        "10",
+    ])
+    .expect("go service");
+    let (d, _) = run(Scenario {
+        name: "go-default-client",
+        service: svc,
+        concurrency: 8,
+        think_ms: 0.0,
+        verdict: Some("dependency"),
+        // Go records no run-queue delay of its own; its CPU is the process's (runtime included).
+        skip: &["cpu_wait"],
+        flags: vec![],
+        load_flags: &[],
+        client: true,
+    });
+    assert_eq!(d["dependencies"][0]["endpoint"], b.addr().as_str(), "{d:#}");
+}

@@ -5,26 +5,45 @@
 // GET /work allocates N KiB of short-lived garbage and burns X ms of CPU; /debug/vars is expvar
 // (memstats.PauseTotalNs); /metrics exposes go_gc_duration_seconds as the Prometheus Go client
 // does (a summary of stop-the-world pauses); /truth is the service's own view: total GC pause
-// over wall time. It prints "listening ADDR" when ready.
+// over wall time, and with --backend the requests' latency, CPU (the process's, from getrusage)
+// and time spent calling the backend. With --backend ADDR each request also calls
+// http://ADDR/sleep?ms=B with http.DefaultClient: its transport keeps at most two idle
+// connections per host, so under concurrency most calls open a new connection. It prints
+// "listening ADDR" when ready.
 package main
 
 import (
 	_ "expvar"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"runtime"
 	"runtime/debug"
+	"sync/atomic"
+	"syscall"
 	"time"
 )
+
+// Cumulative truth, in nanoseconds.
+var requests, latencyNs, downstreamNs atomic.Int64
+
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
 
 var sink []byte
 
 func main() {
 	allocKB := flag.Int("alloc-kb", 2048, "garbage per request, KiB")
 	cpuMs := flag.Float64("cpu-ms", 1, "CPU per request, ms")
+	backend := flag.String("backend", "", "HTTP backend to call per request, HOST:PORT")
+	backendMs := flag.Float64("backend-ms", 10, "the backend's delay per call, ms")
 	flag.Parse()
+	startCPU := processCPU()
 	start := time.Now()
 	var startPause time.Duration
 	{
@@ -33,6 +52,11 @@ func main() {
 		startPause = s.PauseTotal
 	}
 	http.HandleFunc("/work", func(w http.ResponseWriter, r *http.Request) {
+		t0 := time.Now()
+		defer func() {
+			requests.Add(1)
+			latencyNs.Add(int64(time.Since(t0)))
+		}()
 		for i := 0; i < *allocKB/64; i++ {
 			b := make([]byte, 64*1024)
 			b[i%len(b)] = byte(i)
@@ -46,6 +70,15 @@ func main() {
 			x ^= x << 13
 			x ^= x >> 7
 			x ^= x << 17
+		}
+		if *backend != "" {
+			c0 := time.Now()
+			resp, err := http.Get(fmt.Sprintf("http://%s/sleep?ms=%g", *backend, *backendMs))
+			if err == nil {
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+			downstreamNs.Add(int64(time.Since(c0)))
 		}
 		fmt.Fprintf(w, "{\"ok\":%d}", x&1)
 	})
@@ -66,8 +99,10 @@ func main() {
 	http.HandleFunc("/truth", func(w http.ResponseWriter, r *http.Request) {
 		var s debug.GCStats
 		debug.ReadGCStats(&s)
-		fmt.Fprintf(w, "{\"requests\":0,\"latency_s\":0,\"cpu_s\":0,\"cpu_wait_s\":0,\"downstream_s\":0,"+
+		fmt.Fprintf(w, "{\"requests\":%d,\"latency_s\":%g,\"cpu_s\":%g,\"cpu_wait_s\":0,\"downstream_s\":%g,"+
 			"\"lock_wait_s\":0,\"pool_wait_s\":0,\"worker_wait_s\":0,\"gc_s\":%g,\"wall_s\":%g}",
+			requests.Load(), time.Duration(latencyNs.Load()).Seconds(), (processCPU() - startCPU).Seconds(),
+			time.Duration(downstreamNs.Load()).Seconds(),
 			(s.PauseTotal - startPause).Seconds(), time.Since(start).Seconds())
 	})
 	l, err := net.Listen("tcp", "127.0.0.1:0")

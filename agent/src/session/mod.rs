@@ -325,6 +325,8 @@ impl Session {
         let visit = if refresh_due {
             self.last_refresh = Some(now);
             self.refresh()
+        } else if self.sockets.as_ref().is_some_and(|s| s.outbound_churns()) {
+            self.relist_fds()
         } else {
             Visit::Sampled
         };

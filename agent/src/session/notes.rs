@@ -79,6 +79,9 @@ pub(super) const THREADS_UNREADABLE: &str = "thread states unreadable (/proc/PID
 
 pub(super) const CHURN: &str = "inbound connections are short-lived (a request or a few each): every round walks the whole socket table, which costs more CPU";
 
+pub(super) const OUTBOUND_CHURN: &str = "the service opens a new connection per call to a dependency: its fd table is listed and the socket table walked every round, which costs more CPU";
+/// See [`OUTBOUND_CHURN`]: too many fds to list every round.
+pub(super) const OUTBOUND_CHURN_UNSEEN: &str = "the service opens a new connection per call to a dependency and holds over 2,000 sockets: connections are seen only at refreshes, so time waiting on dependencies is undercounted";
 pub(super) const CHURN_BOUNDS: &str = "request rate and mean latency are bounds, not measurements: connections that open and close between samples are not seen, and other processes listen in this network namespace, so its accepted-connection count is not the service's alone (shares are unaffected)";
 
 pub(super) fn idle_sampling(idle: usize, p: f64) -> String {

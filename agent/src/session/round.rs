@@ -73,6 +73,8 @@ impl Session {
             churn = sockets.churns(),
             in_flight = round.in_flight,
             inbound = round.inbound_conns,
+            outbound = round.outbound_conns,
+            awaiting = round.awaiting.iter().map(|(_, v)| v).sum::<f64>(),
             dt,
             "socket round"
         );

@@ -69,6 +69,9 @@ struct Service {
     lock: Mutex<()>,
     db: Option<Pool<PgConn>>,
     backend: Option<Pool<BufReader<TcpStream>>>,
+    /// `--backend-per-call 1`: a new connection to the backend for every call, closed after
+    /// it (an HTTP client without keep-alive).
+    backend_per_call: Option<String>,
     truth: Mutex<Truth>,
     started: Instant,
     /// Head and body in two writes, and Nagle's algorithm left on (`--split 1 --nodelay 0`).
@@ -125,6 +128,18 @@ impl Service {
             let r = c.query(&format!("SELECT pg_sleep({})", self.db_ms / 1000.0));
             t.downstream_s += q.elapsed().as_secs_f64();
             pool.give(c);
+            r?;
+        }
+        if let Some(addr) = &self.backend_per_call {
+            let q = Instant::now();
+            let r = TcpStream::connect(addr.as_str()).and_then(|s| {
+                s.set_nodelay(true)?;
+                get(
+                    &mut BufReader::new(s),
+                    &format!("/sleep?ms={}", self.backend_ms),
+                )
+            });
+            t.downstream_s += q.elapsed().as_secs_f64();
             r?;
         }
         if let Some(pool) = &self.backend {
@@ -188,7 +203,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let backend = match args.get("backend") {
+    let per_call = args.num("backend-per-call", 0.0) > 0.0;
+    let backend = match args.get("backend").filter(|_| !per_call) {
         Some(addr) => {
             let mut conns = Vec::new();
             for _ in 0..pool_size {
@@ -213,6 +229,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         lock: Mutex::new(()),
         db,
         backend,
+        backend_per_call: args.get("backend").filter(|_| per_call).map(str::to_string),
         truth: Mutex::new(Truth::default()),
         started: Instant::now(),
         split: args.num("split", 0.0) > 0.0,

@@ -111,12 +111,13 @@ pub struct SocketSampler {
     /// of those found them busy (decayed): how likely each stratum is to be busy.
     strata: [(f64, f64); 2],
     round: u64,
-    /// Inbound connections that closed since the last full dump, and how many there were then.
-    closed_inbound: usize,
-    inbound_at_dump: usize,
     /// Short-lived inbound connections (one request each) are invisible to lookups of the
     /// connections known at the last dump: when they churn, every round is a full dump.
-    churn: bool,
+    churn: Churn,
+    /// Short-lived outbound connections (a connection per call to a dependency) are invisible
+    /// until an fd scan finds them: when they churn, the session lists the fd tables every
+    /// round and every round is a full dump.
+    outbound_churn: Churn,
     /// A listening socket in this network namespace belongs to another process: namespace-wide
     /// counters (accepted connections) are then not the service's alone.
     foreign_listeners: bool,
@@ -158,9 +159,8 @@ impl SocketSampler {
             idle_inbound: 0,
             strata: [(0.0, 0.0); 2],
             round: 0,
-            closed_inbound: 0,
-            inbound_at_dump: 0,
-            churn: false,
+            churn: Churn::default(),
+            outbound_churn: Churn::default(),
             foreign_listeners: false,
             others_listening: HashMap::new(),
             fill_inbound: Fill::default(),
@@ -195,7 +195,12 @@ impl SocketSampler {
     /// Whether inbound connections are short-lived (a request or a few each): every round is
     /// then a full dump, and connections that open and close between rounds are not seen.
     pub fn churns(&self) -> bool {
-        self.churn
+        self.churn.on
+    }
+
+    /// Outbound connections are short-lived: a connection per call to a dependency.
+    pub fn outbound_churns(&self) -> bool {
+        self.outbound_churn.on
     }
 
     /// Whether another process listens in this network namespace: namespace-wide counters
@@ -291,7 +296,7 @@ impl SocketSampler {
         refresh: bool,
         visit: Visit,
     ) -> Result<Round, SockDiagError> {
-        let full = visit == Visit::Dump || self.churn || self.round == 0;
+        let full = visit == Visit::Dump || self.churn.on || self.round == 0;
         if full {
             self.dump(owned)?;
         } else {
@@ -314,7 +319,8 @@ impl SocketSampler {
         self.socks = socks;
         let out = self.fill_unresolved(tally, full);
         self.forget_closed(full);
-        self.decide_churn(refresh, out.inbound_conns);
+        self.churn.decide(refresh, out.inbound_conns);
+        self.outbound_churn.decide(refresh, out.outbound_conns);
         Ok(out)
     }
 
@@ -508,26 +514,36 @@ impl SocketSampler {
                 .collect()
         };
         for key in stale {
-            if self.forget(&key) == Some(true) {
-                self.closed_inbound += 1;
+            match self.forget(&key) {
+                Some(true) => self.churn.closed += 1,
+                Some(false) => self.outbound_churn.closed += 1,
+                None => {}
             }
         }
     }
+}
 
-    /// Switches to dumps as soon as connections are seen to vanish between rounds; a round of
-    /// the session's refresh re-decides from what it saw over the whole refresh interval.
-    fn decide_churn(&mut self, refresh: bool, inbound_conns: usize) {
-        let basis = self.inbound_at_dump.max(inbound_conns);
-        if !self.churn && self.closed_inbound > 2 && self.closed_inbound * 4 >= basis {
-            self.churn = true;
-        }
+/// Connections of one direction closing fast enough to be invisible to lookups of known ones.
+#[derive(Default)]
+struct Churn {
+    /// Connections that closed since the last refresh, and how many were open then.
+    closed: usize,
+    at_refresh: usize,
+    on: bool,
+}
+
+impl Churn {
+    /// Switches on as soon as connections are seen to vanish between rounds; a round of the
+    /// session's refresh re-decides from what it saw over the whole refresh interval: at least
+    /// a quarter of the connections (and more than a couple) closed within it.
+    fn decide(&mut self, refresh: bool, open: usize) {
+        let churning = self.closed > 2 && self.closed * 4 >= self.at_refresh.max(open);
         if refresh {
-            // Churn: at least a quarter of the inbound connections (and more than a couple)
-            // closed within one refresh interval.
-            self.churn = self.closed_inbound > 2
-                && self.closed_inbound * 4 >= self.inbound_at_dump.max(inbound_conns);
-            self.closed_inbound = 0;
-            self.inbound_at_dump = inbound_conns;
+            self.on = churning;
+            self.closed = 0;
+            self.at_refresh = open;
+        } else if churning {
+            self.on = true;
         }
     }
 }
