@@ -89,8 +89,15 @@ pub struct TcpSocket {
     /// Bytes received and not yet read by the process (for LISTEN: the accept backlog).
     pub rqueue: u32,
     pub wqueue: u32,
+    /// Milliseconds left on the socket's timer (for TIME_WAIT, until it goes: a socket enters
+    /// TIME_WAIT with [`TIME_WAIT_MS`] on it).
+    pub expires_ms: u32,
     pub info: Option<TcpInfo>,
 }
+
+/// How long a closed connection stays in TIME_WAIT on the side that closed first (Linux's
+/// fixed `TCP_TIMEWAIT_LEN`).
+pub const TIME_WAIT_MS: u32 = 60_000;
 
 fn u16_ne(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
@@ -193,6 +200,7 @@ pub fn parse_messages(mut buf: &[u8]) -> Result<Parsed, SockDiagError> {
                     wqueue: u32_ne(body, 60).unwrap_or(0),
                     uid: u32_ne(body, 64).unwrap_or(0),
                     inode: u32_ne(body, 68).unwrap_or(0) as u64,
+                    expires_ms: u32_ne(body, 52).unwrap_or(0),
                     info: None,
                 };
                 let mut attrs = &body[DIAG_MSG..];
@@ -321,8 +329,15 @@ fn unix_lookup_request(inode: u64, seq: u32) -> [u8; NLMSG_HDR + 24] {
     m
 }
 
-/// A dump request for every TCP socket of one address family, with `tcp_info`.
-fn dump_request(family: u8, seq: u32) -> [u8; NLMSG_HDR + 56] {
+/// The states a full dump asks for: established, listen, and the closing ones where a response
+/// may still be outstanding (peer half-closed). TIME_WAIT and friends carry no requests.
+const DUMP_STATES: u32 = (1 << TCP_ESTABLISHED) | (1 << TCP_LISTEN) | (1 << 8) | (1 << 3);
+/// TIME_WAIT, what the kernel keeps of a connection for a minute after the side that closed
+/// first has closed it.
+pub const TCP_TIME_WAIT: u8 = 6;
+
+/// A dump request for every TCP socket of one address family in `states`, with `tcp_info`.
+fn dump_request(family: u8, seq: u32, states: u32) -> [u8; NLMSG_HDR + 56] {
     let mut m = [0u8; NLMSG_HDR + 56];
     m[0..4].copy_from_slice(&((NLMSG_HDR + 56) as u32).to_ne_bytes());
     m[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
@@ -331,9 +346,6 @@ fn dump_request(family: u8, seq: u32) -> [u8; NLMSG_HDR + 56] {
     m[16] = family;
     m[17] = libc::IPPROTO_TCP as u8;
     m[18] = 1 << (INET_DIAG_INFO - 1);
-    // States we care about: established, listen, and the closing ones where a response may
-    // still be outstanding (peer half-closed). TIME_WAIT and friends carry no requests.
-    let states: u32 = (1 << TCP_ESTABLISHED) | (1 << TCP_LISTEN) | (1 << 8) | (1 << 3);
     m[20..24].copy_from_slice(&states.to_ne_bytes());
     m
 }
@@ -417,12 +429,21 @@ impl SockDiag {
         })
     }
 
-    /// Every TCP socket of the network namespace (IPv4 and IPv6) in the states above.
+    /// Every TCP socket of the network namespace (IPv4 and IPv6) in [`DUMP_STATES`].
     pub fn dump(&mut self, out: &mut Vec<TcpSocket>) -> Result<(), SockDiagError> {
+        self.dump_states(DUMP_STATES, out)
+    }
+
+    /// Every socket of the namespace in TIME_WAIT.
+    pub fn dump_time_wait(&mut self, out: &mut Vec<TcpSocket>) -> Result<(), SockDiagError> {
+        self.dump_states(1 << TCP_TIME_WAIT, out)
+    }
+
+    fn dump_states(&mut self, states: u32, out: &mut Vec<TcpSocket>) -> Result<(), SockDiagError> {
         out.clear();
         for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
             self.seq = self.seq.wrapping_add(1);
-            let req = dump_request(family, self.seq);
+            let req = dump_request(family, self.seq, states);
             self.send(&req)?;
             loop {
                 let n = self.recv()?;

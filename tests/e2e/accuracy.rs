@@ -6,7 +6,9 @@
 //! breakdown component over the same window (tolerance 0.10) and the verdict. The tests share
 //! a 2-core machine, so they run one at a time.
 
-use scalewise_e2e::harness::{diagnose, exclusive, orders_on_postgres, Load, Postgres, Service};
+use scalewise_e2e::harness::{
+    diagnose, exclusive, orders_on_postgres, with_children, Load, Postgres, Service,
+};
 use scalewise_e2e::workload::TruthShares;
 
 const WINDOW_S: f64 = 8.0;
@@ -68,7 +70,8 @@ fn run(s: Scenario) -> (serde_json::Value, TruthShares) {
     std::thread::sleep(std::time::Duration::from_secs_f64(SETTLE_S));
     let before = s.service.truth().expect("truth before");
     let flags: Vec<&str> = s.flags.iter().map(String::as_str).collect();
-    let d = diagnose(&[s.service.pid], window_s, &flags).expect("diagnose");
+    // A prefork server's workers are its children.
+    let d = diagnose(&with_children(s.service.pid), window_s, &flags).expect("diagnose");
     let after = s.service.truth().expect("truth after");
     let clients = load.finish().expect("load summary");
     let window = after.delta(&before);
@@ -916,4 +919,37 @@ fn go_default_http_client_opens_connections_per_call() {
         client: true,
     });
     assert_eq!(d["dependencies"][0]["endpoint"], b.addr().as_str(), "{d:#}");
+}
+
+/// A prefork server (gunicorn's sync workers, Apache prefork, PHP-FPM): four single-threaded
+/// worker processes, one request per connection, the server closing first; sixteen clients
+/// queue in the listen backlog for a free worker. Connections live a request and its queueing,
+/// under a round: the request rate comes from what the kernel keeps of them.
+#[test]
+fn prefork_workers_one_request_per_connection() {
+    let _x = exclusive();
+    let pg = Postgres::start().expect("postgres");
+    let svc = Service::workload(&[
+        "prefork",
+        "--workers",
+        "4",
+        "--cpu-ms",
+        "1",
+        "--db",
+        &pg.addr(),
+        "--db-ms",
+        "20",
+    ])
+    .expect("service");
+    run(Scenario {
+        name: "prefork",
+        service: svc,
+        concurrency: 16,
+        think_ms: 0.0,
+        verdict: Some("scale_out"),
+        skip: &[],
+        flags: vec![],
+        load_flags: &["--reconnect", "1"],
+        client: true,
+    });
 }

@@ -15,28 +15,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use scalewise_e2e::harness::{
-    diagnose, exclusive, free_port, wait_listening, Load, Postgres, Proc, TempDir,
+    diagnose, exclusive, free_port, wait_listening, with_children, Load, Postgres, Proc, TempDir,
 };
 
 const WINDOW_S: f64 = 8.0;
-
-/// The pid and all its descendants (a master and its workers, a postmaster and its backends).
-fn with_children(pid: u32) -> Vec<u32> {
-    let mut pids = vec![pid];
-    let mut i = 0;
-    while i < pids.len() {
-        let p = pids[i];
-        let children =
-            std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")).unwrap_or_default();
-        pids.extend(
-            children
-                .split_whitespace()
-                .filter_map(|c| c.parse::<u32>().ok()),
-        );
-        i += 1;
-    }
-    pids
-}
 
 fn f(d: &serde_json::Value, path: &[&str]) -> f64 {
     let mut v = d;

@@ -209,8 +209,12 @@ pub struct Session {
     last_thread_states: Option<Instant>,
     throttled: HashMap<String, f64>,
     pressure: HashMap<String, f64>,
-    /// The namespace's accepted-connection counter at the previous churn round.
-    passive_opens: Option<u64>,
+    /// The namespace's accepted connections while inbound connections churn.
+    accepted: round::Accepted,
+    /// When closed connections in TIME_WAIT were last counted (the window's first round
+    /// until then), and the new requests counted since from what the rounds saw.
+    time_wait_counted: Option<Instant>,
+    requests_since_time_wait: f64,
     /// Cores the service may use, re-read at each refresh (quotas change rarely).
     capacity_cores: f64,
     pub errors: ErrorCounts,
@@ -276,7 +280,9 @@ impl Session {
             last_thread_states: None,
             throttled: HashMap::new(),
             pressure: HashMap::new(),
-            passive_opens: None,
+            accepted: round::Accepted::default(),
+            time_wait_counted: None,
+            requests_since_time_wait: 0.0,
             capacity_cores: 0.0,
             errors: ErrorCounts::new(),
             progress: Progress::default(),

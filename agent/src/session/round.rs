@@ -54,17 +54,44 @@ impl Session {
             self.add_unix_waits(&mut sockets, &blocked_on, interval);
         }
         match result {
-            Ok(round) => self.add_round(&sockets, round, dt),
+            Ok(round) => self.add_round(&mut sockets, round, dt),
             Err(e) => {
                 tracing::warn!(error = %e, "socket sampling failed");
                 self.count("sockets", e.kind());
             }
         }
+        self.count_time_wait(&mut sockets, now, refresh);
         self.sockets = Some(sockets);
     }
 
+    /// Requests on inbound connections that opened and closed between rounds: at each refresh
+    /// while they churn, those the service closed first are counted from the TIME_WAIT sockets
+    /// they left since the previous count (since the window's first round for the first), and
+    /// what the rounds saw over the same time is raised to that count. Each such connection
+    /// carried a request (a server closes a connection first after answering on it).
+    fn count_time_wait(&mut self, sockets: &mut SocketSampler, now: Instant, refresh: bool) {
+        let Some(since) = self.time_wait_counted else {
+            self.time_wait_counted = Some(now);
+            return;
+        };
+        if !refresh || !sockets.churns() {
+            return;
+        }
+        match sockets.closed_by_service(now.saturating_duration_since(since)) {
+            Ok(closed) => {
+                let unseen = closed as f64 - self.requests_since_time_wait;
+                if unseen > 0.0 {
+                    self.budget.requests += unseen;
+                }
+                self.time_wait_counted = Some(now);
+                self.requests_since_time_wait = 0.0;
+            }
+            Err(e) => self.count("time_wait", e.kind()),
+        }
+    }
+
     /// What one socket round adds to the budget, weighted by the time since the previous one.
-    fn add_round(&mut self, sockets: &SocketSampler, round: Round, dt: f64) {
+    fn add_round(&mut self, sockets: &mut SocketSampler, round: Round, dt: f64) {
         if sockets.sees_listeners() {
             self.budget.request_source = RequestSource::Sockets;
         }
@@ -90,15 +117,15 @@ impl Session {
             self.idle_sampling = Some(sample);
         }
         // Connections that open and close between two rounds are never seen; when they
-        // churn and every listener in the namespace is the service's, the kernel's
-        // count of accepted connections is a floor on new requests.
+        // churn, the namespace's count of accepted connections, less those other listeners
+        // were seen to accept, is a floor on new requests.
+        let others = sockets.take_others_accepted();
         let mut new_requests = round.new_requests;
-        if let Some(accepted) =
-            self.accepted_since_last(sockets.churns() && !sockets.others_listen())
-        {
+        if let Some(accepted) = self.accepted_since_last(sockets.churns(), others) {
             new_requests = new_requests.max(accepted);
         }
         self.budget.requests += new_requests;
+        self.requests_since_time_wait += new_requests;
         self.budget.socket_samples += round.samples;
         self.budget.ambiguous_samples += round.unresolved;
         self.add_queued(&round.queued, dt);
@@ -131,7 +158,7 @@ impl Session {
         }
         if sockets.churns() {
             self.notes.add(notes::CHURN.to_string());
-            if sockets.others_listen() {
+            if !self.accepted.attributable() {
                 self.notes.add(notes::CHURN_BOUNDS.to_string());
             }
         }
@@ -182,11 +209,14 @@ impl Session {
         }
     }
 
-    /// Connections accepted in the service's network namespace since the previous call (`None`
-    /// the first time, when not `wanted`, or when unreadable).
-    fn accepted_since_last(&mut self, wanted: bool) -> Option<f64> {
+    /// Connections the service accepted since the previous call: the namespace's count
+    /// (`PassiveOpens`) less `others`, those other listeners were seen to accept. `None` the
+    /// first time, when not `wanted`, when unreadable, or while the other listeners accept
+    /// too many for the difference to be the service's (their short-lived connections are
+    /// seen only in part).
+    fn accepted_since_last(&mut self, wanted: bool, others: usize) -> Option<f64> {
         if !wanted {
-            self.passive_opens = None;
+            self.accepted.last = None;
             return None;
         }
         let pid = self.targets.iter().find(|t| t.alive)?.pid;
@@ -194,7 +224,31 @@ impl Session {
         let now = std::fs::read(path)
             .ok()
             .and_then(|b| crate::proc_files::parse_tcp_counter(&b, "PassiveOpens"))?;
-        let before = self.passive_opens.replace(now)?;
-        Some(now.saturating_sub(before) as f64)
+        let before = self.accepted.last.replace(now)?;
+        let all = now.saturating_sub(before) as f64;
+        self.accepted.all += all;
+        self.accepted.others += others as f64;
+        self.accepted
+            .attributable()
+            .then(|| (all - others as f64).max(0.0))
+    }
+}
+
+/// The namespace's accepted connections while the service's churn: the counter at the last
+/// read, and totals of all accepted and of those seen accepted by other listeners.
+#[derive(Default)]
+pub(super) struct Accepted {
+    last: Option<u64>,
+    all: f64,
+    others: f64,
+}
+
+impl Accepted {
+    /// Whether the namespace's count is the service's: other listeners were seen to accept
+    /// under 5% of it (none in a pod of its own; a host's services on long-lived connections).
+    /// Connections to another churning listener are seen only in part, so a larger share
+    /// means the rest of its accepts are in the count too.
+    pub(super) fn attributable(&self) -> bool {
+        self.others <= 0.05 * self.all
     }
 }

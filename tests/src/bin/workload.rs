@@ -4,13 +4,14 @@
 //!              [--db ADDR --db-ms Y] [--backend ADDR --backend-ms B] [--pool K]
 //!              [--undumpable-after-s T]
 //! serve-async  --port P --db ADDR --db-ms Y [--cpu-ms X] [--pool K]
+//! prefork      --port P --workers N [--cpu-ms X] [--db ADDR --db-ms Y]
 //! backend      --port P --ms B
 //! load         --target ADDR --concurrency C --duration-s S [--think-ms T] [--reconnect 1]
 //! get          --target ADDR --path /truth
 //!
 //! Services print `listening ADDR` on stdout and serve `GET /work` and `GET /truth`.
 
-use scalewise_e2e::workload::{load, serve, serve_async, Args};
+use scalewise_e2e::workload::{load, prefork, serve, serve_async, Args};
 
 fn main() {
     let mut argv: Vec<String> = std::env::args().skip(1).collect();
@@ -24,6 +25,7 @@ fn main() {
     let result = match cmd.as_str() {
         "serve" => serve::run(&args),
         "serve-async" => serve_async::run(&args),
+        "prefork" => prefork::run(&args),
         "backend" => serve::backend(&args),
         "load" => load::run(&args),
         "get" => load::get_once(&args),

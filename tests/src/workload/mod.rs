@@ -6,6 +6,7 @@
 pub mod http;
 pub mod load;
 pub mod pg;
+pub mod prefork;
 pub mod serve;
 pub mod serve_async;
 

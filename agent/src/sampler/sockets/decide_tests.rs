@@ -18,6 +18,7 @@ fn sock(rqueue: u32) -> TcpSocket {
         uid: 0,
         rqueue,
         wqueue: 0,
+        expires_ms: 0,
         info: None,
     }
 }

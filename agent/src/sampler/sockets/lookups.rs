@@ -163,6 +163,7 @@ mod tests {
                 uid: 0,
                 rqueue: 0,
                 wqueue: 0,
+                expires_ms: 0,
                 info: None,
             };
             let ago = if i < 240 { 10 } else { 5_000 };

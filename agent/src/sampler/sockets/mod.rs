@@ -31,6 +31,7 @@ use std::net::SocketAddr;
 use super::shape::{Known, Shape};
 use crate::sockdiag::{
     SockDiag, SockDiagError, TcpInfo, TcpSocket, UnixSocket, TCP_ESTABLISHED, TCP_LISTEN,
+    TIME_WAIT_MS,
 };
 pub use decide::{decide, last_data, Decision, Fill, How, LastData, Reader, ThreadOracle};
 use decide::{known, NoThreads};
@@ -97,6 +98,8 @@ pub enum Visit {
 pub struct SocketSampler {
     diag: SockDiag,
     socks: Vec<TcpSocket>,
+    /// The buffer of [`SocketSampler::closed_by_service`]'s dumps.
+    time_wait: Vec<TcpSocket>,
     known: Vec<TcpSocket>,
     found: Vec<Option<TcpSocket>>,
     listen_ports: HashSet<u16>,
@@ -124,6 +127,11 @@ pub struct SocketSampler {
     /// Other processes' listening sockets at the last full dump, by port (a dependency on this
     /// host is named after the process behind it).
     others_listening: HashMap<u16, u64>,
+    /// Other processes' accepted connections at the last full dump (for which round), and how
+    /// many new ones the dumps of consecutive rounds have seen since the session last asked
+    /// ([`SocketSampler::take_others_accepted`]).
+    others_conns: (HashSet<Key>, u64),
+    others_accepted: usize,
     fill_inbound: Fill,
     fill_outbound: Fill,
     /// Lookups per round (connections not known idle are always looked up; idle ones share
@@ -150,6 +158,7 @@ impl SocketSampler {
         Ok(SocketSampler {
             diag: SockDiag::open()?,
             socks: Vec::with_capacity(1024),
+            time_wait: Vec::new(),
             known: Vec::new(),
             found: Vec::new(),
             listen_ports: HashSet::new(),
@@ -163,6 +172,8 @@ impl SocketSampler {
             outbound_churn: Churn::default(),
             foreign_listeners: false,
             others_listening: HashMap::new(),
+            others_conns: (HashSet::new(), 0),
+            others_accepted: 0,
             fill_inbound: Fill::default(),
             fill_outbound: Fill::default(),
             max_lookups: DEFAULT_MAX_LOOKUPS,
@@ -209,6 +220,13 @@ impl SocketSampler {
         self.foreign_listeners
     }
 
+    /// New connections to other processes' listeners seen by the full dumps of consecutive
+    /// rounds since the last call: a floor on what else the namespace's accepted-connection
+    /// count holds (connections that live between two rounds are not seen).
+    pub fn take_others_accepted(&mut self) -> usize {
+        std::mem::take(&mut self.others_accepted)
+    }
+
     /// The idle connections of the last round and the probability each was looked up with,
     /// when sampling skipped some (`None` when every one was looked up).
     pub fn idle_sample(&self) -> Option<(usize, f64)> {
@@ -218,6 +236,32 @@ impl SocketSampler {
 
     /// Whether a socket was open at the last full dump and not seen closed since: an fd still
     /// mapped to it needs no new readlink (see `session::fds::scan_fds`).
+    /// Inbound connections the service closed first within the last `since`: sockets in
+    /// TIME_WAIT on one of its listening ports that entered it that recently (the kernel keeps
+    /// them [`TIME_WAIT_MS`] and says how long each has left). A server that answers one
+    /// request per connection and closes it (prefork servers, `Connection: close`) leaves one
+    /// each, where lookups and dumps see only the connections open at a round. A client that
+    /// closes first leaves nothing here (its TIME_WAIT is on its own host), nor does a 4-tuple
+    /// the kernel recycles early for a client reconnecting from the same port.
+    pub fn closed_by_service(
+        &mut self,
+        since: std::time::Duration,
+    ) -> Result<usize, SockDiagError> {
+        let mut tw = std::mem::take(&mut self.time_wait);
+        let result = self.diag.dump_time_wait(&mut tw);
+        let since_ms = since.as_millis().min(u128::from(TIME_WAIT_MS)) as u32;
+        let n = tw
+            .iter()
+            .filter(|s| {
+                self.listen_ports.contains(&s.local.port())
+                    && TIME_WAIT_MS.saturating_sub(s.expires_ms) < since_ms
+            })
+            .count();
+        tw.clear();
+        self.time_wait = tw;
+        result.map(|()| n)
+    }
+
     pub fn open_since_dump(&self, inode: u64) -> bool {
         self.open_at_dump.contains(&inode)
     }
@@ -347,7 +391,28 @@ impl SocketSampler {
                 }
             }
         }
+        self.count_others_accepted();
         Ok(())
+    }
+
+    /// See [`SocketSampler::take_others_accepted`].
+    fn count_others_accepted(&mut self) {
+        let (before, at) = std::mem::take(&mut self.others_conns);
+        let mut now = HashSet::with_capacity(before.len());
+        for s in &self.socks {
+            let port = s.local.port();
+            if s.state == TCP_ESTABLISHED
+                && !self.listen_ports.contains(&port)
+                && self.others_listening.contains_key(&port)
+                && now.len() < 65_536
+            {
+                now.insert((s.local, s.remote));
+            }
+        }
+        if at + 1 == self.round {
+            self.others_accepted += now.iter().filter(|k| !before.contains(*k)).count();
+        }
+        self.others_conns = (now, self.round);
     }
 
     /// Exact lookups of the connections chosen for this round (all of them when `all`).
@@ -591,5 +656,44 @@ impl Tally {
             *self.unresolved_outbound.entry(endpoint).or_default() += 1.0;
             out.unresolved += 1;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A server that answers and closes first leaves one TIME_WAIT socket on its listening
+    /// port per connection; the count is of those that entered it within the interval asked.
+    #[test]
+    fn connections_the_service_closed_first_are_counted_from_time_wait() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let mut s = SocketSampler::new().expect("sock_diag");
+        s.listen_ports.insert(port);
+        for _ in 0..3 {
+            let mut client = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+            let (mut served, _) = listener.accept().expect("accept");
+            served.write_all(b"bye").expect("write");
+            drop(served);
+            let mut buf = [0u8; 8];
+            while client.read(&mut buf).expect("read") > 0 {}
+        }
+        // The client's close completes the server's side into TIME_WAIT.
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(
+            s.closed_by_service(Duration::from_secs(5)).expect("dump"),
+            3
+        );
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(
+            s.closed_by_service(Duration::from_millis(20))
+                .expect("dump"),
+            0
+        );
     }
 }
