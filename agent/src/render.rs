@@ -41,9 +41,9 @@ pub fn text(d: &Diagnosis) -> String {
     );
     let _ = writeln!(
         out,
-        "  requests    {:.1}/s, mean latency {:.1} ms, {:.2} in flight (source: {})",
+        "  requests    {:.1}/s, mean latency {}, {:.2} in flight (source: {})",
         d.requests.rate_per_s,
-        d.requests.mean_latency_ms,
+        d.requests.latency_text(),
         d.requests.mean_in_flight,
         d.requests.source
     );

@@ -109,7 +109,7 @@ pub struct HistoryPoint {
     pub confidence: f64,
     pub breakdown: Breakdown,
     pub requests_per_s: f64,
-    pub mean_latency_ms: f64,
+    pub mean_latency_ms: Option<f64>,
     pub instances: usize,
 }
 

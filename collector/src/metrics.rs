@@ -395,7 +395,10 @@ pub fn render(app: &App, now_ms: i64) -> Vec<u8> {
         push_gauge(&mut used, &one, d.cpu.used_cores);
         push_gauge(&mut capacity, &one, d.cpu.capacity_cores);
         push_gauge(&mut rate, &one, d.requests.rate_per_s);
-        push_gauge(&mut latency, &one, d.requests.mean_latency_ms / 1000.0);
+        // Absent, not zero, when it was not measured.
+        if let Some(ms) = d.requests.mean_latency_ms {
+            push_gauge(&mut latency, &one, ms / 1000.0);
+        }
         push_gauge(&mut in_flight, &one, d.requests.mean_in_flight);
         push_gauge(&mut ceiling, &one, b.cpu + b.gc + b.cpu_wait);
         push_gauge(&mut instances, &one, view.instances as f64);

@@ -169,7 +169,7 @@ pub fn fleet(services: &[(ServiceView, ServiceSummary)], window_ms: i64, now_ms:
         let _ = write!(
             s,
             "<tr class=\"service\"><td><a href=\"/services/{}\">{}</a></td><td>{}</td>\
-<td class=\"num\">{:.0}%</td><td>{}</td><td class=\"num\">{:.1}</td><td class=\"num\">{:.1} ms</td>\
+<td class=\"num\">{:.0}%</td><td>{}</td><td class=\"num\">{:.1}</td><td class=\"num\">{}</td>\
 <td class=\"num\">{:.2} / {:.2}</td><td class=\"num\">{}</td><td>{}</td></tr>",
             path_segment(&sum.service),
             escape(&sum.service),
@@ -177,7 +177,7 @@ pub fn fleet(services: &[(ServiceView, ServiceSummary)], window_ms: i64, now_ms:
             sum.confidence * 100.0,
             bar(&sum.breakdown, 240.0),
             sum.requests.rate_per_s,
-            sum.requests.mean_latency_ms,
+            sum.requests.latency_text(),
             sum.cpu.used_cores,
             sum.cpu.capacity_cores,
             sum.instances,
@@ -242,14 +242,14 @@ pub fn service(v: &ServiceView, h: &History) -> String {
     let _ = write!(
         s,
         "<div class=\"card\"><h2 style=\"margin-top:0\">{} {}</h2>\
-<p>confidence {:.0}% · {:.1} requests/s · mean latency {:.1} ms · {:.2} of {:.2} cores · {} instance(s) · window {:.0}s</p>{}{}\
+<p>confidence {:.0}% · {:.1} requests/s · mean latency {} · {:.2} of {:.2} cores · {} instance(s) · window {:.0}s</p>{}{}\
 <p><a id=\"report\" href=\"/api/v1/services/{}/report?format=html\">Should we rewrite? The report for this window</a> \
 (<a href=\"/api/v1/services/{}/report?format=md\">Markdown</a>, <a href=\"/api/v1/services/{}/report?format=json\">JSON</a>)</p></div>",
         escape(&d.service),
         badge(d.verdict),
         d.confidence * 100.0,
         d.requests.rate_per_s,
-        d.requests.mean_latency_ms,
+        d.requests.latency_text(),
         d.cpu.used_cores,
         d.cpu.capacity_cores,
         v.instances,

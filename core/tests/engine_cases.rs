@@ -19,6 +19,9 @@ struct Case {
     /// A piece of text some evidence line must contain.
     #[serde(default)]
     expect_evidence: Option<String>,
+    /// The mean latency must be withheld (`null`): the request side cannot give it.
+    #[serde(default)]
+    no_latency: bool,
     budget: Budget,
     #[serde(default)]
     expect: BTreeMap<String, [f64; 2]>,
@@ -58,6 +61,12 @@ fn engine_cases() {
                 d.verdict.as_str(),
                 case.expect_verdict,
                 d.evidence
+            ));
+        }
+        if case.no_latency != d.requests.mean_latency_ms.is_none() {
+            failures.push(format!(
+                "{name}: mean latency {:?}, withheld expected: {}",
+                d.requests.mean_latency_ms, case.no_latency
             ));
         }
         if d.confidence < case.min_confidence {

@@ -953,3 +953,84 @@ fn prefork_workers_one_request_per_connection() {
         client: true,
     });
 }
+
+/// HTTP/2 multiplexing, as every gRPC channel does: eight concurrent calls on ONE connection to
+/// a Node service that calls a 20 ms backend. The connection reads as at most one request in
+/// flight, while eight calls wait on the backend at once. Whatever the agent cannot measure it
+/// must not state: the shares are right, and the latency is either right or withheld, with a
+/// confidence under 0.6 and the reason in the evidence.
+#[test]
+fn http2_calls_multiplexed_on_one_connection() {
+    let _x = exclusive();
+    let b = backend();
+    let h2 = script("node", "h2.js");
+    let svc = Service::spawn(
+        "node",
+        &[
+            &h2,
+            "serve",
+            "--cpu-ms",
+            "1",
+            "--backend",
+            &b.addr(),
+            "--backend-ms",
+            "20",
+        ],
+    )
+    .expect("node h2 service");
+    let truth = || -> scalewise_e2e::workload::Truth {
+        let out = std::process::Command::new("node")
+            .args([h2.as_str(), "get", "--target", &svc.addr()])
+            .output()
+            .expect("node h2.js get");
+        serde_json::from_slice(&out.stdout).expect("truth JSON")
+    };
+    let window_s = WINDOW_S;
+    let window = measure_window(window_s);
+    let flags: Vec<&str> = window.iter().map(String::as_str).collect();
+    let mut cmd = std::process::Command::new("node");
+    cmd.arg(&h2);
+    let load = Load::spawn(cmd, svc.port, 8, SETTLE_S + window_s + 1.5, &flags).expect("load");
+    std::thread::sleep(std::time::Duration::from_secs_f64(SETTLE_S));
+    let before = truth();
+    let d = diagnose(&[svc.pid], window_s, &[]).expect("diagnose");
+    let after = truth();
+    let clients = load.finish().expect("load summary");
+    let t = after.delta(&before).shares_of(
+        clients["window"]["mean_in_flight"]
+            .as_f64()
+            .unwrap_or(f64::NAN)
+            * after.delta(&before).wall_s,
+    );
+    let got = |k: &str| d["breakdown"][k].as_f64().unwrap_or(f64::NAN);
+    eprintln!(
+        "accuracy http2: verdict {} confidence {} latency {} (clients {}) | downstream {:.2} (truth {:.2}), cpu {:.2} (truth {:.2})\n{}",
+        d["verdict"], d["confidence"], d["requests"]["mean_latency_ms"],
+        clients["window"]["mean_latency_ms"], got("downstream"), t.downstream, got("cpu"), t.cpu,
+        d["evidence"]
+    );
+    assert_eq!(d["verdict"], "dependency", "{d:#}");
+    assert!(
+        (got("downstream") - t.downstream).abs() <= TOLERANCE,
+        "{d:#}"
+    );
+    let client_ms = clients["window"]["mean_latency_ms"]
+        .as_f64()
+        .unwrap_or(f64::NAN);
+    match d["requests"]["mean_latency_ms"].as_f64() {
+        Some(ms) => assert!(
+            (ms - client_ms).abs() <= CLIENT_TOLERANCE * client_ms,
+            "latency {ms} ms stated, clients measured {client_ms} ms: {d:#}"
+        ),
+        None => {
+            let c = d["confidence"].as_f64().unwrap_or(1.0);
+            assert!(c < 0.6, "latency withheld, yet confidence {c}: {d:#}");
+            assert!(
+                d["evidence"]
+                    .to_string()
+                    .contains("mean latency is not given"),
+                "{d:#}"
+            );
+        }
+    }
+}

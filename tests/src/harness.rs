@@ -580,8 +580,9 @@ impl Load {
         )
     }
 
-    /// Starts `load` through `cmd` (the workload binary, directly or inside a namespace).
-    fn spawn(
+    /// Starts `load` through `cmd` (the workload binary, directly or inside a namespace, or
+    /// another load generator with the same flags and summary, e.g. `node h2.js`).
+    pub fn spawn(
         mut cmd: Command,
         port: u16,
         concurrency: u32,

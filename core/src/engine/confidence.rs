@@ -16,6 +16,10 @@ pub(super) fn weigh(decided: Option<(Verdict, f64)>, f: &Facts) -> (Verdict, f64
     if f.s.normalised {
         c *= 0.7;
     }
+    // The request side is contradicted: the shares stand, but nothing confident rests on them.
+    if f.s.overflow {
+        c = c.min(0.55);
+    }
     if b.request_source == RequestSource::Sockets {
         c *= 1.0 - m.unresolved;
         if m.unresolved > t.unresolved_share {

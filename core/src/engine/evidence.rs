@@ -30,9 +30,9 @@ pub(super) fn measured(f: &Facts) -> Vec<String> {
         ));
     }
     evidence.push(format!(
-        "requests: {:.1}/s, mean latency {:.1} ms, mean in flight {:.2} (source: {})",
+        "requests: {:.1}/s, mean latency {}, mean in flight {:.2} (source: {})",
         m.requests.rate_per_s,
-        m.requests.mean_latency_ms,
+        m.requests.latency_text(),
         m.requests.mean_in_flight,
         m.requests.source
     ));
@@ -104,6 +104,11 @@ pub(super) fn details(f: &Facts, evidence: &mut Vec<String>) {
             "measured components exceed request time by {}: downstream time is exact (spans), so CPU, GC and run-queue delay were scaled into the {} of request time it leaves (an event loop's CPU for other requests overlaps this one's waits); confidence lowered",
             pct(s.known / r - 1.0),
             pct(1.0 - s.down / r)
+        ));
+    } else if s.overflow {
+        evidence.push(format!(
+            "measured components exceed request time by {}: requests in flight were undercounted (several requests at once on one connection, as HTTP/2 and gRPC multiplex them) or requests work in parallel; mean latency is not given (it would be wrong), the shares are normalised and the verdict rests on them alone (confidence at most 0.55); spans from the service would measure it exactly",
+            pct(s.known / r - 1.0)
         ));
     } else if s.normalised {
         evidence.push(format!(

@@ -33,11 +33,11 @@ impl Measures {
         };
         let requests = Requests {
             rate_per_s: round(per_window(b.requests), 2),
-            mean_latency_ms: if b.requests > 0.0 {
+            mean_latency_ms: Some(if b.requests > 0.0 {
                 round(r / b.requests * 1000.0, 2)
             } else {
                 0.0
-            },
+            }),
             source: b.request_source.as_str().to_string(),
             mean_in_flight: round(per_window(r), 3),
         };

@@ -77,11 +77,23 @@ pub struct CpuUse {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Requests {
     pub rate_per_s: f64,
-    pub mean_latency_ms: f64,
+    /// `null` when the request side is contradicted by the components measured inside it
+    /// (several requests at once on one connection, as HTTP/2 and gRPC carry them): no figure
+    /// rather than a wrong one.
+    #[serde(default)]
+    pub mean_latency_ms: Option<f64>,
     pub source: String,
     /// Mean requests in flight over the window (R / window).
     #[serde(default)]
     pub mean_in_flight: f64,
+}
+
+impl Requests {
+    /// The mean latency as people read it: `12.3 ms`, or `not measured`.
+    pub fn latency_text(&self) -> String {
+        self.mean_latency_ms
+            .map_or_else(|| "not measured".to_string(), |ms| format!("{ms:.1} ms"))
+    }
 }
 
 /// How busy the service's clients keep it: is it the bottleneck at all?
@@ -199,8 +211,11 @@ struct Facts<'a> {
 
 /// Turns a window of counters into a diagnosis.
 pub fn diagnose(service: &str, pids: &[u32], b: &Budget, t: &Thresholds) -> Diagnosis {
-    let m = Measures::of(b, t);
+    let mut m = Measures::of(b, t);
     let s = shares::split(b, t, &m);
+    if s.overflow {
+        m.requests.mean_latency_ms = None;
+    }
     let f = Facts { b, t, m, s };
     // The evidence reads in this order, and the order is part of the output (the goldens hold
     // it): what was measured, then why the verdict (the rules' sentences), then what lies behind

@@ -18,11 +18,19 @@ pub(super) struct Shares {
     pub(super) spans_exact: bool,
     /// The components overflowed R by more than sampling noise: the shares were normalised.
     pub(super) normalised: bool,
+    /// They overflowed it by more than half with R from sockets: requests in flight were
+    /// undercounted (several at once on one connection: HTTP/2, gRPC) or requests fan out in
+    /// parallel; which, the data cannot tell, so R gives no latency and no confident verdict.
+    pub(super) overflow: bool,
     /// Unrounded; the output rounds it.
     pub(super) breakdown: Breakdown,
     /// Largest share first; unrounded.
     pub(super) dependencies: Vec<DependencyShare>,
 }
+
+/// Components this many times R contradict the request side (see [`Shares::overflow`]);
+/// parallel work inside requests and sampling noise stay below it in every scenario measured.
+const OVERFLOW: f64 = 1.5;
 
 pub(super) fn split(b: &Budget, t: &Thresholds, m: &Measures) -> Shares {
     let r = m.r;
@@ -60,6 +68,7 @@ pub(super) fn split(b: &Budget, t: &Thresholds, m: &Measures) -> Shares {
     };
     // A few percent over is sampling noise; beyond that the model does not fit and is said so.
     let normalised = r > 0.0 && known > r * 1.05;
+    let overflow = normalised && !spans_exact && known > r * OVERFLOW;
     let share = |x: f64| if r > 0.0 { x * scale / r } else { 0.0 };
     let down_share = |x: f64| if r > 0.0 { x * down_scale / r } else { 0.0 };
     let breakdown = Breakdown {
@@ -90,6 +99,7 @@ pub(super) fn split(b: &Budget, t: &Thresholds, m: &Measures) -> Shares {
         known,
         spans_exact,
         normalised,
+        overflow,
         breakdown,
         dependencies,
     }

@@ -20,6 +20,9 @@ pub(super) fn stated(
     current: &CurrentRuntime,
 ) -> Vec<String> {
     let mut assumptions = Vec::new();
+    if d.requests.mean_latency_ms.is_none() {
+        assumptions.push("Mean latency was not measured (several requests at once on one connection, as HTTP/2 and gRPC carry them, or requests working in parallel): the comparison rests on the shares of request time, and every figure in milliseconds reads zero. Spans from the service would measure it.".to_string());
+    }
     assumptions.push(format!(
         "Current runtime: {}{} ({}).",
         current.display,

@@ -54,7 +54,9 @@ pub(super) struct Baseline {
 
 impl Baseline {
     pub(super) fn of(d: &Diagnosis, opts: &ReportOptions) -> Baseline {
-        let l = d.requests.mean_latency_ms.max(0.0);
+        // Not measured (a multiplexed request side): projections in milliseconds are zero and
+        // the assumptions say why; the shares stand.
+        let l = d.requests.mean_latency_ms.unwrap_or(0.0).max(0.0);
         let b = &d.breakdown;
         let m = Components {
             cpu: b.cpu * l,

@@ -39,7 +39,7 @@ fn diag(
         },
         requests: Requests {
             rate_per_s: 1000.0,
-            mean_latency_ms: 10.0,
+            mean_latency_ms: Some(10.0),
             source: "sockets".into(),
             mean_in_flight: 10.0,
         },
@@ -279,7 +279,7 @@ fn hostile_numbers_neither_panic_nor_hang() {
             let mut d = diag(0.3, 0.1, 0.1, 0.3, 0.2, 2.0);
             match field {
                 0 => d.requests.rate_per_s = x,
-                1 => d.requests.mean_latency_ms = x,
+                1 => d.requests.mean_latency_ms = Some(x),
                 2 => d.cpu.capacity_cores = x,
                 3 => d.cpu.used_cores = x,
                 4 => d.breakdown.local_wait = x,
