@@ -7,8 +7,10 @@
 //! a 2-core machine, so they run one at a time.
 
 use scalewise_e2e::harness::{
-    diagnose, exclusive, orders_on_postgres, with_children, Load, Postgres, Service,
+    diagnose, exclusive, orders_on_postgres, redis_server, with_children, Load, Postgres, Proc,
+    Service, TempDir,
 };
+use scalewise_e2e::verdicts;
 use scalewise_e2e::workload::TruthShares;
 
 const WINDOW_S: f64 = 8.0;
@@ -73,6 +75,9 @@ fn run(s: Scenario) -> (serde_json::Value, TruthShares) {
     // A prefork server's workers are its children.
     let d = diagnose(&with_children(s.service.pid), window_s, &flags).expect("diagnose");
     let after = s.service.truth().expect("truth after");
+    if let Some(v) = s.verdict {
+        verdicts::record(s.name, verdicts::Truth::Is(v), &d);
+    }
     let clients = load.finish().expect("load summary");
     let window = after.delta(&before);
     eprintln!(
@@ -995,6 +1000,7 @@ fn http2_calls_multiplexed_on_one_connection() {
     let before = truth();
     let d = diagnose(&[svc.pid], window_s, &[]).expect("diagnose");
     let after = truth();
+    verdicts::record("http2-multiplexed", verdicts::Truth::Is("dependency"), &d);
     let clients = load.finish().expect("load summary");
     let t = after.delta(&before).shares_of(
         clients["window"]["mean_in_flight"]
@@ -1033,4 +1039,82 @@ fn http2_calls_multiplexed_on_one_connection() {
             );
         }
     }
+}
+
+/// A queue worker with no inbound requests: four threads take jobs from Redis (`BRPOP`) and
+/// run each (1 ms of CPU, then 10 ms on PostgreSQL). Its requests are its jobs: the wait for
+/// the next job is idle, and the job's time goes to the database.
+#[test]
+fn queue_worker_taking_jobs_from_redis() {
+    let _x = exclusive();
+    let pg = Postgres::start().expect("postgres");
+    let (_redis, redis_port) = redis_server();
+    let dir = TempDir::new("worker").expect("temp dir");
+    let truth_file = dir.join("truth.json");
+    let child = std::process::Command::new(scalewise_e2e::harness::workload_bin())
+        .args([
+            "worker",
+            "--redis",
+            &format!("127.0.0.1:{redis_port}"),
+            "--threads",
+            "4",
+            "--cpu-ms",
+            "1",
+            "--db",
+            &pg.addr(),
+            "--db-ms",
+            "10",
+            "--fill",
+            "40000",
+            "--truth-file",
+        ])
+        .arg(&truth_file)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("worker");
+    let worker = Proc(child);
+    let truth = || -> scalewise_e2e::workload::Truth {
+        let bytes = std::fs::read(&truth_file).unwrap_or_default();
+        serde_json::from_slice(&bytes).unwrap_or_default()
+    };
+    scalewise_e2e::harness::wait_until(
+        std::time::Duration::from_secs(20),
+        "the worker's first jobs",
+        || truth().requests > 50.0,
+    );
+    std::thread::sleep(std::time::Duration::from_secs_f64(SETTLE_S));
+    let before = truth();
+    let d = diagnose(&[worker.pid()], WINDOW_S, &[]).expect("diagnose");
+    let after = truth();
+    verdicts::record("queue-worker", verdicts::Truth::Is("dependency"), &d);
+    let w = after.delta(&before);
+    let t = w.shares();
+    let got = |k: &str| d["breakdown"][k].as_f64().unwrap_or(f64::NAN);
+    let rate = d["requests"]["rate_per_s"].as_f64().unwrap_or(f64::NAN);
+    let true_rate = w.requests / w.wall_s;
+    eprintln!(
+        "accuracy queue-worker: verdict {} confidence {} | jobs {rate:.1}/s (truth {true_rate:.1}), latency {} ms (truth {:.2}) | cpu {:.2} ({:.2}) downstream {:.2} ({:.2}) local_wait {:.2} ({:.2})\n{}",
+        d["verdict"], d["confidence"], d["requests"]["mean_latency_ms"],
+        w.latency_s / w.requests * 1000.0, got("cpu"), t.cpu, got("downstream"), t.downstream,
+        got("local_wait"), t.local_wait, d["evidence"]
+    );
+    assert_eq!(d["verdict"], "dependency", "{d:#}");
+    for (k, want) in [
+        ("cpu", t.cpu),
+        ("downstream", t.downstream),
+        ("local_wait", t.local_wait),
+    ] {
+        assert!(
+            (got(k) - want).abs() <= TOLERANCE,
+            "{k}: {} vs truth {want}: {d:#}",
+            got(k)
+        );
+    }
+    assert!((rate / true_rate - 1.0).abs() <= CLIENT_TOLERANCE, "{d:#}");
+    assert_eq!(
+        d["dependencies"][0]["endpoint"],
+        pg.addr().as_str(),
+        "{d:#}"
+    );
+    assert!(d["evidence"].to_string().contains("a worker"), "{d:#}");
 }

@@ -126,6 +126,11 @@ fn a_service_waiting_on_postgresql_is_told_not_to_rewrite() {
     let (diagnosis, report, md, html) =
         diagnose_with_reports(svc.pid, "8", &["--dependency", &dep], &projection, &dir);
     let d = &diagnosis["services"][0];
+    scalewise_e2e::verdicts::record(
+        "report-dependency",
+        scalewise_e2e::verdicts::Truth::Is("dependency"),
+        d,
+    );
     assert_eq!(d["verdict"], "dependency", "{d:#}");
     let rec = &report["recommendation"];
     assert_eq!(rec["verdict"], "do_not_rewrite", "{report:#}");
@@ -159,6 +164,11 @@ fn a_cpu_bound_service_is_pointed_at_cpu() {
     let projection = ["--current", "python"];
     let (diagnosis, report, md, html) = diagnose_with_reports(svc.pid, "8", &[], &projection, &dir);
     let d = &diagnosis["services"][0];
+    scalewise_e2e::verdicts::record(
+        "report-scale-up",
+        scalewise_e2e::verdicts::Truth::Is("scale_up"),
+        d,
+    );
     assert_eq!(d["verdict"], "scale_up", "{d:#}");
     let rec = &report["recommendation"];
     let option = rec["option"].as_str().unwrap_or_default();

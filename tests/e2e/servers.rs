@@ -15,7 +15,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use scalewise_e2e::harness::{
-    diagnose, exclusive, free_port, wait_listening, with_children, Load, Postgres, Proc, TempDir,
+    diagnose, exclusive, free_port, redis_server, wait_listening, with_children, Load, Postgres,
+    Proc, TempDir,
 };
 
 const WINDOW_S: f64 = 8.0;
@@ -43,6 +44,7 @@ fn check_within(
     slack: f64,
 ) {
     let verdict = d["verdict"].as_str().unwrap_or("?");
+    scalewise_e2e::verdicts::record(name, scalewise_e2e::verdicts::Truth::Not(forbidden), d);
     let latency = f(d, &["requests", "mean_latency_ms"]);
     eprintln!(
         "servers {name}: verdict {verdict} confidence {} | in flight {:.2} | latency {:.3} ms, tool {:.3} ms | cpu {:.2} of {:.2} cores | breakdown {}",
@@ -98,28 +100,6 @@ fn check_within(
 
 // ---- Redis ----
 
-fn redis() -> (Proc, u16) {
-    let port = free_port();
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--daemonize",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server (scripts/install-deps installs it)");
-    wait_listening(port);
-    (Proc(child), port)
-}
-
 /// `redis-benchmark` for about `seconds`, GETs from `clients` connections; returns the child and
 /// reads its average latency at the end.
 fn redis_benchmark(port: u16, clients: u32, requests: u64) -> Child {
@@ -146,7 +126,7 @@ fn redis_avg_latency(child: Child) -> f64 {
 #[test]
 fn redis_saturated_by_fifty_clients_is_scale_up_not_lock_contention() {
     let _x = exclusive();
-    let (server, port) = redis();
+    let (server, port) = redis_server();
     let pid = server.pid();
     let bench = redis_benchmark(port, 50, 1_500_000);
     std::thread::sleep(Duration::from_secs(1));
@@ -175,7 +155,7 @@ fn redis_saturated_by_fifty_clients_is_scale_up_not_lock_contention() {
 #[test]
 fn redis_with_one_client_is_not_called_scale_out_or_dependency() {
     let _x = exclusive();
-    let (server, port) = redis();
+    let (server, port) = redis_server();
     let pid = server.pid();
     let bench = redis_benchmark(port, 1, 300_000);
     std::thread::sleep(Duration::from_secs(1));

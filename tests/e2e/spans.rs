@@ -165,6 +165,11 @@ fn node_with_opentelemetry_latency_and_shares_come_from_spans() {
     let deps = d["dependencies"].as_array().expect("dependencies");
     assert_eq!(deps.len(), 1, "{d:#}");
     assert_eq!(deps[0]["kind"], "http", "{d:#}");
+    scalewise_e2e::verdicts::record(
+        "spans-node-backend",
+        scalewise_e2e::verdicts::Truth::Is("dependency"),
+        &d,
+    );
     assert_eq!(d["verdict"], "dependency", "{d:#}");
     assert!(d["evidence"].to_string().contains("server spans"), "{d:#}");
     let otlp = &report["agent"]["otlp"];

@@ -903,3 +903,26 @@ pub fn with_children(pid: u32) -> Vec<u32> {
     }
     pids
 }
+
+/// A private Redis on a free loopback port, no persistence; stopped by pid on drop.
+pub fn redis_server() -> (Proc, u16) {
+    let port = free_port();
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server (scripts/install-deps installs it)");
+    wait_listening(port);
+    (Proc(child), port)
+}

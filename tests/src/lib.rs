@@ -8,4 +8,5 @@ pub mod harness;
 pub mod metrics;
 pub mod prometheus;
 pub mod receiver;
+pub mod verdicts;
 pub mod workload;

@@ -14,6 +14,7 @@
 
 mod counters;
 mod fds;
+mod jobs;
 mod notes;
 mod oracle;
 mod refresh;
@@ -226,6 +227,8 @@ pub struct Session {
     in_flight_sample: InFlightSample,
     /// Dependencies over unix-domain sockets, found from the threads blocked reading them.
     unix: UnixDependencies,
+    /// A worker's job sources (`jobs`).
+    jobs: jobs::Jobs,
 }
 
 /// Connections a refresh at the configured interval is allowed; see
@@ -290,6 +293,7 @@ impl Session {
             idle_sampling: None,
             in_flight_sample: InFlightSample::default(),
             unix: UnixDependencies::default(),
+            jobs: jobs::Jobs::default(),
         })
     }
 

@@ -132,3 +132,12 @@ impl InFlightSample {
         })
     }
 }
+
+/// A worker and its job sources.
+pub(super) fn worker(sources: &[std::net::SocketAddr]) -> String {
+    let list: Vec<String> = sources.iter().map(ToString::to_string).collect();
+    format!(
+        "a worker: no inbound requests; jobs taken from {} are its requests (a job runs while its fetch connection is quiet; the wait for the next job is idle, not time on that dependency; jobs counted from the fetches sent)",
+        list.join(", ")
+    )
+}

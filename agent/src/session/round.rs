@@ -1,10 +1,12 @@
 //! One socket round turned into budget time: requests in flight, queued and awaiting each
 //! dependency, new requests, and the lock-wait thread sample at its own pace.
 
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use scalewise_core::{DependencyTime, RequestSource};
 
+use super::jobs;
 use super::notes;
 use super::oracle::Oracle;
 use super::Session;
@@ -131,30 +133,53 @@ impl Session {
         self.add_queued(&round.queued, dt);
         self.budget.inbound_conn_s += round.inbound_conns as f64 * dt;
         self.budget.send_queue_s += round.send_queue * dt;
+        // A worker's job sources: their quiet connections are jobs running (`session::jobs`).
+        let mut sources = Vec::new();
+        for &endpoint in round.outbound_by_endpoint.keys() {
+            let is = match self.jobs.source(endpoint) {
+                Some(is) => is,
+                None => {
+                    let kind = self.resolve(sockets, endpoint).0;
+                    self.jobs.decide(endpoint, &kind)
+                }
+            };
+            if is {
+                sources.push(endpoint);
+            }
+        }
+        let jobs = jobs::job_round(&sources, &round.outbound_by_endpoint, &round.awaiting);
+        let worker = !sources.is_empty() && self.jobs.worker(new_requests, jobs.fetched);
+        if worker {
+            self.budget.request_s += jobs.in_flight * dt;
+            self.budget.requests += jobs.fetched;
+            self.in_flight_sample.add(dt, jobs.in_flight);
+            self.budget.request_source = RequestSource::Sockets;
+            for &e in &sources {
+                self.jobs.note(e);
+            }
+            self.notes.add(notes::worker(&self.jobs.named));
+        }
         let gaps = round.gap_awaiting.into_iter().map(|(e, s)| (e, s, 1.0));
         let rounds = round.awaiting.into_iter().map(|(e, v)| (e, v, dt));
         for (endpoint, v, dt) in rounds.chain(gaps) {
-            let (names, proc_root) = (&self.names, &self.cfg.proc_root);
-            self.budget
-                .downstream
-                .entry(endpoint.to_string())
-                .or_insert_with(|| {
-                    let (kind, name) = names.resolve(endpoint);
-                    let kind = match kind.as_str() {
-                        // On this host: the process listening there says what it is.
-                        "unknown" if endpoint.ip().is_loopback() => sockets
-                            .listener_on(endpoint.port())
-                            .and_then(|inode| kind_of_local_server(proc_root, inode))
-                            .map_or(kind, str::to_string),
-                        _ => kind,
-                    };
+            // The wait for the next job is idle, not time on a dependency.
+            if worker && sources.contains(&endpoint) {
+                continue;
+            }
+            if !self.budget.downstream.contains_key(&endpoint.to_string()) {
+                let (kind, name) = self.resolve(sockets, endpoint);
+                self.budget.downstream.insert(
+                    endpoint.to_string(),
                     DependencyTime {
                         kind,
                         name,
                         awaiting_s: 0.0,
-                    }
-                })
-                .awaiting_s += v * dt;
+                    },
+                );
+            }
+            if let Some(d) = self.budget.downstream.get_mut(&endpoint.to_string()) {
+                d.awaiting_s += v * dt;
+            }
         }
         if sockets.churns() {
             self.notes.add(notes::CHURN.to_string());
@@ -164,6 +189,20 @@ impl Session {
         }
         self.progress.inbound = round.inbound_conns;
         self.progress.outbound = round.outbound_conns;
+    }
+
+    /// A dependency's kind and user-given name: from `--dependency` and well-known ports, and
+    /// on this host from the process listening there (`peer`).
+    fn resolve(&self, sockets: &SocketSampler, endpoint: SocketAddr) -> (String, Option<String>) {
+        let (kind, name) = self.names.resolve(endpoint);
+        let kind = match kind.as_str() {
+            "unknown" if endpoint.ip().is_loopback() => sockets
+                .listener_on(endpoint.port())
+                .and_then(|inode| kind_of_local_server(&self.cfg.proc_root, inode))
+                .map_or(kind, str::to_string),
+            _ => kind,
+        };
+        (kind, name)
     }
 
     /// Time awaiting dependencies over unix-domain sockets: each thread blocked reading one

@@ -5,13 +5,15 @@
 //!              [--undumpable-after-s T]
 //! serve-async  --port P --db ADDR --db-ms Y [--cpu-ms X] [--pool K]
 //! prefork      --port P --workers N [--cpu-ms X] [--db ADDR --db-ms Y]
+//! worker       --redis ADDR --threads N --truth-file PATH [--db ADDR --db-ms Y] [--cpu-ms X]
+//!              [--fill JOBS]
 //! backend      --port P --ms B
 //! load         --target ADDR --concurrency C --duration-s S [--think-ms T] [--reconnect 1]
 //! get          --target ADDR --path /truth
 //!
 //! Services print `listening ADDR` on stdout and serve `GET /work` and `GET /truth`.
 
-use scalewise_e2e::workload::{load, prefork, serve, serve_async, Args};
+use scalewise_e2e::workload::{load, prefork, serve, serve_async, worker, Args};
 
 fn main() {
     let mut argv: Vec<String> = std::env::args().skip(1).collect();
@@ -26,6 +28,7 @@ fn main() {
         "serve" => serve::run(&args),
         "serve-async" => serve_async::run(&args),
         "prefork" => prefork::run(&args),
+        "worker" => worker::run(&args),
         "backend" => serve::backend(&args),
         "load" => load::run(&args),
         "get" => load::get_once(&args),

@@ -9,6 +9,7 @@ pub mod pg;
 pub mod prefork;
 pub mod serve;
 pub mod serve_async;
+pub mod worker;
 
 use serde::{Deserialize, Serialize};
 

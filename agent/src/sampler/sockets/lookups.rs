@@ -178,6 +178,7 @@ mod tests {
                 decision: if i < 40 { busy } else { idle },
                 round: 0,
                 shape: Shape::default(),
+                first_segs_out: 0,
             };
             sampler.put((s.local, s.remote), conn);
         }

@@ -46,6 +46,9 @@ struct Conn {
     decision: Decision,
     round: u64,
     shape: Shape,
+    /// Data segments it had sent when first seen: an outbound connection that has sent nothing
+    /// since is a spare (a pool's, a worker's control connection), never a worker's fetch.
+    first_segs_out: u32,
 }
 
 /// What one round found, to be weighted by the time since the previous round.
@@ -73,6 +76,11 @@ pub struct Round {
     pub gap_awaiting: HashMap<SocketAddr, f64>,
     pub inbound_conns: usize,
     pub outbound_conns: usize,
+    /// Per dependency endpoint: its connections decided at this instant (not over a gap) that
+    /// have sent something since first seen (spare connections are left out), and
+    /// the requests the service sent on them since the previous visit (data segments out). A
+    /// worker's job source is read from these (`session::jobs`).
+    pub outbound_by_endpoint: HashMap<SocketAddr, (usize, f64)>,
     /// Whether this round walked the whole socket table.
     pub full_dump: bool,
 }
@@ -453,6 +461,10 @@ impl SocketSampler {
             return;
         }
         let key = (s.local, s.remote);
+        let first_segs_out = self
+            .conns
+            .get(&key)
+            .map_or(info.data_segs_out, |c| c.first_segs_out);
         let (d, shape, gap) = self.judge(key, s, &info, inbound, oracle);
         tally.out.samples += 1;
         let tie = last_data(&info) == LastData::Tie;
@@ -467,7 +479,13 @@ impl SocketSampler {
             tally.inbound(s.inode, &d, gap, new_requests);
         } else {
             self.fill_outbound.learn(&d, tie);
-            tally.outbound(s.remote, &d, gap);
+            let sent = match self.conns.get(&key) {
+                Some(c) => info.data_segs_out.saturating_sub(c.info.data_segs_out) as f64,
+                None if self.round != 1 => info.data_segs_out as f64,
+                None => 0.0,
+            };
+            let active = first_segs_out < info.data_segs_out || sent > 0.0;
+            tally.outbound(s.remote, &d, gap, sent, active);
         }
         self.put(
             key,
@@ -478,6 +496,7 @@ impl SocketSampler {
                 decision: d,
                 round: self.round,
                 shape,
+                first_segs_out,
             },
         );
     }
@@ -644,10 +663,21 @@ impl Tally {
         out.new_requests += new_requests;
     }
 
-    /// An outbound connection to `endpoint`.
-    fn outbound(&mut self, endpoint: SocketAddr, d: &Decision, gap: Option<f64>) {
+    /// An outbound connection to `endpoint`, on which the service sent `sent` requests since
+    /// its previous visit; `active`: it has sent something since it was first seen.
+    fn outbound(
+        &mut self,
+        endpoint: SocketAddr,
+        d: &Decision,
+        gap: Option<f64>,
+        sent: f64,
+        active: bool,
+    ) {
         let out = &mut self.out;
         out.outbound_conns += 1;
+        let per = out.outbound_by_endpoint.entry(endpoint).or_default();
+        per.0 += usize::from(gap.is_none() && active);
+        per.1 += sent;
         if let Some(busy_s) = gap {
             *out.gap_awaiting.entry(endpoint).or_default() += busy_s;
         } else if d.resolved() {
