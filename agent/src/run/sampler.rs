@@ -76,6 +76,7 @@ impl Sampler {
                     tracing::warn!("no target found yet; looking again at each discovery");
                 }
                 first = false;
+                self.shared.discovered.store(true, Ordering::SeqCst);
                 if self.shared.pinned_targets && live.is_empty() && !found.gone_pids.is_empty() {
                     tracing::warn!("every --pid target has exited: nothing left to watch");
                     self.shared.targets_gone.store(true, Ordering::SeqCst);
