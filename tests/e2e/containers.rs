@@ -404,8 +404,6 @@ fn sidecar_pod_gives_the_service_its_verdict_and_stops_cleanly() {
         &pod,
         "--volume",
         &token,
-        "--env",
-        "NO_COLOR=1",
         AGENT,
         "run",
         "--service",
@@ -439,6 +437,10 @@ fn sidecar_pod_gives_the_service_its_verdict_and_stops_cleanly() {
     );
     let log = podman.logs(&agent);
     assert!(log.contains("watching service instance"), "{log}");
+    assert!(
+        !log.contains('\x1b') && !podman.logs(&collector).contains('\x1b'),
+        "plain text in a container's log, no colours: {log:?}"
+    );
 
     // CPU-bound load from the host through the published port: scale_up.
     let _load = Load::start(svc_port, 8, 120.0, 0.0).expect("load");
@@ -521,8 +523,6 @@ fn sidecar_without_sys_ptrace_says_what_it_cannot_see() {
     args.extend([
         "--pod",
         &pod,
-        "--env",
-        "NO_COLOR=1",
         AGENT,
         "run",
         "--service",
@@ -600,8 +600,6 @@ fn per_host_agent_enters_each_pods_network_namespace() {
                 &format!("127.0.0.1:{metrics_port}:9464"),
                 "--volume",
                 &token,
-                "--env",
-                "NO_COLOR=1",
                 AGENT,
                 "run",
                 "--all-namespaces",
