@@ -687,3 +687,40 @@ fn per_host_agent_enters_each_pods_network_namespace() {
         );
     }
 }
+
+/// The lines of `stage` in a build file that give an image its shape (who it runs as, what it
+/// runs, what it exposes): the local build must give the same images as the published one.
+fn shape(file: &str, stage: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(root_dir().join(file)).expect(file);
+    let mut out = Vec::new();
+    let mut inside = false;
+    for line in text.lines() {
+        if line.starts_with("FROM ") {
+            inside = line.ends_with(&format!(" AS {stage}"));
+        } else if inside
+            && ["USER ", "EXPOSE ", "VOLUME ", "ENTRYPOINT ", "CMD "]
+                .iter()
+                .any(|k| line.starts_with(k))
+        {
+            out.push(line.to_string());
+        }
+    }
+    out
+}
+
+#[test]
+fn the_local_build_gives_the_published_images_shape() {
+    for stage in ["agent", "collector"] {
+        let published = shape("deploy/container/Dockerfile", stage);
+        assert_eq!(
+            published.len(),
+            5 - usize::from(stage == "agent"),
+            "{published:?}"
+        );
+        assert_eq!(
+            shape("deploy/container/Containerfile.local", stage),
+            published,
+            "stage {stage}"
+        );
+    }
+}
