@@ -9,7 +9,8 @@
 //!   read-only root; the collector in a container of its own, as 65532, with a token. Load from
 //!   the host through the pod's published port; the collector answers `scale_up`.
 //! - Without SYS_PTRACE the agent says so: a warning naming the capability in `podman logs`, and
-//!   `scalewise_agent_skipped_services{reason="no_cap_sys_ptrace"}` on its `/metrics`.
+//!   `scalewise_agent_skipped_services{reason="no_cap_sys_ptrace"}` on its `/metrics`. Without the
+//!   shared PID namespace, its warning says that.
 //! - Probes and shutdown: `/healthz` and `/readyz` of both through published ports; `podman stop`
 //!   ends the agent with exit code 0 well within the grace period, after a last export the
 //!   collector has; the collector's stop flushes its store (its periodic flush is set to an hour,
@@ -562,6 +563,43 @@ fn sidecar_without_sys_ptrace_says_what_it_cannot_see() {
     );
     let (_, code) = podman.stop(&agent, 10);
     assert_eq!(code, 0, "{}", podman.logs(&agent));
+}
+
+#[test]
+fn sidecar_without_a_shared_pid_namespace_says_so() {
+    let _x = exclusive();
+    let Some(mut podman) = Podman::new() else {
+        return;
+    };
+    let metrics_port = free_port();
+    let pod = podman.pod_sharing("nopid", "net,ipc", &[(metrics_port, 9464)], &[]);
+    podman.service(&pod, "orders", &[]);
+    let mut args = agent_security(&["SYS_PTRACE", "DAC_READ_SEARCH"]);
+    args.extend([
+        "--pod",
+        &pod,
+        AGENT,
+        "run",
+        "--service",
+        "orders",
+        "--metrics-listen",
+        "0.0.0.0:9464",
+    ]);
+    let agent = podman.run("agent", &args);
+    wait_status(metrics_port, "/readyz", 200, Duration::from_secs(20));
+    let text = scrape(metrics_port);
+    assert_eq!(
+        value(&text, "scalewise_agent_services", &[]),
+        Some(0.0),
+        "{text}"
+    );
+    let log = podman.logs(&agent);
+    assert!(
+        log.lines().any(|l| l.contains("WARN")
+            && l.contains("no process but the agent's own is visible")
+            && l.contains("shareProcessNamespace")),
+        "the agent names the missing shared PID namespace:\n{log}"
+    );
 }
 
 /// The per-host shape of deploy/kubernetes/daemonset-agent.yaml: one agent container in the
