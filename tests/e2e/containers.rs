@@ -66,9 +66,7 @@ impl Podman {
     /// Builds the images (once per test process) and returns a podman for one test; `None`, with
     /// a printed reason, when podman cannot run here at all.
     fn new() -> Option<Podman> {
-        if !images_built()? {
-            return None;
-        }
+        images_built()?;
         static N: AtomicU32 = AtomicU32::new(0);
         let dir = TempDir::new("containers").expect("temp dir");
         std::fs::write(
@@ -278,9 +276,9 @@ impl Drop for Podman {
     }
 }
 
-/// Runs `scripts/images --program WORKLOAD` once per test process: Some(true) when the images are
-/// there, None (with a printed reason) when podman cannot run here at all.
-fn images_built() -> Option<bool> {
+/// Runs `scripts/images --program WORKLOAD` once per test process: `Some` when the images are
+/// there, `None` (with a printed reason) when podman cannot run here at all.
+fn images_built() -> Option<()> {
     static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
     let r = BUILT.get_or_init(|| {
         let have_podman = Command::new("podman")
@@ -322,7 +320,7 @@ fn images_built() -> Option<bool> {
         Ok(())
     });
     match r {
-        Ok(()) => Some(true),
+        Ok(()) => Some(()),
         Err(why) => {
             eprintln!("skipped: {why}");
             None
