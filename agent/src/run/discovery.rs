@@ -275,6 +275,12 @@ impl Discovery {
         Process::new_with_root(self.cfg.proc_root.join(pid.to_string())).ok()
     }
 
+    /// Whether no process but the agent's own is visible: a sidecar whose PID namespace is its
+    /// own (the pod does not share its process namespace).
+    pub fn sees_only_itself(&self) -> bool {
+        self.all_pids().is_empty()
+    }
+
     fn all_pids(&self) -> Vec<u32> {
         let Ok(dir) = std::fs::read_dir(&self.cfg.proc_root) else {
             return Vec::new();

@@ -127,6 +127,8 @@ pub struct Shared {
     pub exporting: bool,
     /// Every `--pid` target is gone.
     pub targets_gone: AtomicBool,
+    /// The first discovery round is done (`/readyz`).
+    pub discovered: AtomicBool,
 }
 
 impl Shared {

@@ -244,9 +244,12 @@ pub fn render(shared: &Shared) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// `GET /metrics` (fresh snapshots, at most a second old) and `GET /healthz`.
+/// `GET /metrics` (fresh snapshots, at most a second old), `GET /healthz` (the process answers)
+/// and `GET /readyz` (200 once the first discovery round is done, 503 before it and while
+/// stopping).
 pub fn router(shared: Arc<Shared>) -> axum::Router {
     use axum::routing::get;
+    let ready = shared.clone();
     axum::Router::new()
         .route(
             "/metrics",
@@ -265,12 +268,43 @@ pub fn router(shared: Arc<Shared>) -> axum::Router {
             }),
         )
         .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = ready.clone();
+                async move { readyz(&ready) }
+            }),
+        )
+}
+
+fn readyz(shared: &Shared) -> (axum::http::StatusCode, &'static str) {
+    use axum::http::StatusCode;
+    if shared.stop.load(Ordering::SeqCst) {
+        (StatusCode::SERVICE_UNAVAILABLE, "stopping\n")
+    } else if shared.discovered.load(Ordering::SeqCst) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "starting: first discovery round not done\n",
+        )
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use scalewise_core::{Budget, DependencyTime};
+
+    #[test]
+    fn ready_after_the_first_discovery_round_and_not_while_stopping() {
+        let s = Shared::default();
+        assert_eq!(readyz(&s).0, 503);
+        s.discovered.store(true, Ordering::SeqCst);
+        assert_eq!(readyz(&s).0, 200);
+        s.stop.store(true, Ordering::SeqCst);
+        assert_eq!(readyz(&s).0, 503);
+    }
 
     #[test]
     fn dependencies_are_capped_with_an_overflow_series() {

@@ -73,9 +73,16 @@ impl Sampler {
                     first,
                 );
                 if first && live.is_empty() {
-                    tracing::warn!("no target found yet; looking again at each discovery");
+                    if self.discovery.sees_only_itself() {
+                        tracing::warn!(
+                            "no target found: no process but the agent's own is visible (its PID namespace is its own); share the service's process namespace (Kubernetes: shareProcessNamespace: true; podman: pod create --share pid; Docker: --pid container:NAME); looking again at each discovery"
+                        );
+                    } else {
+                        tracing::warn!("no target found yet; looking again at each discovery");
+                    }
                 }
                 first = false;
+                self.shared.discovered.store(true, Ordering::SeqCst);
                 if self.shared.pinned_targets && live.is_empty() && !found.gone_pids.is_empty() {
                     tracing::warn!("every --pid target has exited: nothing left to watch");
                     self.shared.targets_gone.store(true, Ordering::SeqCst);

@@ -1,6 +1,6 @@
 //! `scalewise-workload`: sample services with self-recorded ground truth, and a load generator.
 //!
-//! serve        --port P --workers N [--cpu-ms X] [--lock-ms Z | --lock-cpu-ms Z]
+//! serve        [--host H] --port P --workers N [--cpu-ms X] [--lock-ms Z | --lock-cpu-ms Z]
 //!              [--db ADDR --db-ms Y] [--backend ADDR --backend-ms B] [--pool K]
 //!              [--undumpable-after-s T]
 //! serve-async  --port P --db ADDR --db-ms Y [--cpu-ms X] [--pool K]

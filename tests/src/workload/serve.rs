@@ -235,7 +235,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         split: args.num("split", 0.0) > 0.0,
         nodelay: args.num("nodelay", 1.0) > 0.0,
     });
-    let listener = TcpListener::bind(("127.0.0.1", args.num("port", 0.0) as u16))?;
+    // `--host 0.0.0.0`: reachable through a container's published port.
+    let host = args.get("host").unwrap_or("127.0.0.1");
+    let listener = TcpListener::bind((host, args.num("port", 0.0) as u16))?;
     println!("listening {}", listener.local_addr()?);
     if let Some(after) = args
         .get("undumpable-after-s")
