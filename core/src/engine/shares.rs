@@ -40,9 +40,12 @@ pub(super) fn split(b: &Budget, t: &Thresholds, m: &Measures) -> Shares {
     // loop's own run-queue delay, which already stands for one of those requests). Where the
     // loop only dispatches to a pool of workers (JDK HttpServer, Netty with a business pool), or
     // in a thread-per-connection server, they wait for a free worker: in-process waiting.
-    // A loop saturated to the point of never being caught waiting in epoll is the busiest thread.
+    // A loop saturated to the point of never being caught waiting in epoll is the busiest thread;
+    // but where loop threads were seen and do little of the work, they dispatch to workers, and
+    // a busiest thread near 100% on a CPU-starved host is a worker waiting for a CPU, not a loop.
+    let loops_seen = b.loop_cpu_s > 0.0;
     let queued_is_cpu = b.loop_queued_s > 0.0
-        && (b.loop_cpu_s >= t.loop_cpu_share * b.cpu_s || m.busiest >= t.hot_thread);
+        && (b.loop_cpu_s >= t.loop_cpu_share * b.cpu_s || (!loops_seen && m.busiest >= t.hot_thread));
     let cpu_wait_s = b.cpu_wait_s
         + if queued_is_cpu {
             (b.loop_queued_s - b.loop_delay_s).max(0.0)
