@@ -52,6 +52,10 @@ pub fn text(d: &Diagnosis) -> String {
         "  cpu         {:.2} of {:.2} cores",
         d.cpu.used_cores, d.cpu.capacity_cores
     );
+    if let Some(l) = &d.limit {
+        let _ = writeln!(out, "  limit       {}: {}", l.kind, l.name);
+        let _ = writeln!(out, "              {}", l.action);
+    }
     if let Some(rt) = &d.runtime {
         let _ = writeln!(
             out,

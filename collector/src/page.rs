@@ -260,6 +260,15 @@ pub fn service(v: &ServiceView, h: &History) -> String {
         path_segment(&d.service),
         path_segment(&d.service)
     );
+    if let Some(l) = &d.limit {
+        let _ = write!(
+            s,
+            "<div class=\"card\" id=\"limit\"><b>Limit:</b> {} · {}<br>{}</div>",
+            escape(&l.kind),
+            escape(&l.name),
+            escape(&l.action)
+        );
+    }
     let _ = write!(
         s,
         "<h2>Budget over time (step {:.0}s)</h2><div class=\"card\">{}</div>",

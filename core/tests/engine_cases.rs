@@ -19,6 +19,9 @@ struct Case {
     /// A piece of text some evidence line must contain.
     #[serde(default)]
     expect_evidence: Option<String>,
+    /// The limit's kind (`none`: no limit named).
+    #[serde(default)]
+    expect_limit: Option<String>,
     /// The mean latency must be withheld (`null`): the request side cannot give it.
     #[serde(default)]
     no_latency: bool,
@@ -62,6 +65,12 @@ fn engine_cases() {
                 case.expect_verdict,
                 d.evidence
             ));
+        }
+        if let Some(want) = &case.expect_limit {
+            let got = d.limit.as_ref().map_or("none", |l| l.kind.as_str());
+            if got != want {
+                failures.push(format!("{name}: limit {got} (want {want}): {:?}", d.limit));
+            }
         }
         if case.no_latency != d.requests.mean_latency_ms.is_none() {
             failures.push(format!(

@@ -16,6 +16,7 @@
 
 mod confidence;
 mod evidence;
+mod limit;
 mod measures;
 mod rules;
 mod shares;
@@ -25,6 +26,7 @@ mod tests;
 use serde::{Deserialize, Serialize};
 
 use crate::budget::Budget;
+pub use limit::Limit;
 use measures::Measures;
 use shares::Shares;
 
@@ -122,6 +124,9 @@ pub struct Diagnosis {
     pub dependencies: Vec<DependencyShare>,
     pub cpu: CpuUse,
     pub requests: Requests,
+    /// What limits the service and what to change; `null` when nothing stands out.
+    #[serde(default)]
+    pub limit: Option<Limit>,
     pub evidence: Vec<String>,
     /// How busy the clients keep the service (absent without inbound connections).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -224,6 +229,7 @@ pub fn diagnose(service: &str, pids: &[u32], b: &Budget, t: &Thresholds) -> Diag
     let decided = rules::decide(&f, &mut evidence);
     evidence::details(&f, &mut evidence);
     let (verdict, confidence) = confidence::weigh(decided, &f);
+    let limit = limit::name(&f, verdict);
 
     let gc_cpu_cores =
         (b.gc_thread_cpu_s > 0.0).then(|| round(f.m.per_window(b.gc_thread_cpu_s), 3));
@@ -253,6 +259,7 @@ pub fn diagnose(service: &str, pids: &[u32], b: &Budget, t: &Thresholds) -> Diag
             .collect(),
         cpu: m.cpu,
         requests: m.requests,
+        limit,
         evidence,
         load: m.load,
         runtime: None,

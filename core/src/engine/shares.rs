@@ -45,7 +45,8 @@ pub(super) fn split(b: &Budget, t: &Thresholds, m: &Measures) -> Shares {
     // a busiest thread near 100% on a CPU-starved host is a worker waiting for a CPU, not a loop.
     let loops_seen = b.loop_cpu_s > 0.0;
     let queued_is_cpu = b.loop_queued_s > 0.0
-        && (b.loop_cpu_s >= t.loop_cpu_share * b.cpu_s || (!loops_seen && m.busiest >= t.hot_thread));
+        && (b.loop_cpu_s >= t.loop_cpu_share * b.cpu_s
+            || (!loops_seen && m.busiest >= t.hot_thread));
     let cpu_wait_s = b.cpu_wait_s
         + if queued_is_cpu {
             (b.loop_queued_s - b.loop_delay_s).max(0.0)

@@ -43,6 +43,7 @@ fn diag(
             source: "sockets".into(),
             mean_in_flight: 10.0,
         },
+        limit: None,
         evidence: vec![],
         runtime: Some(Runtime {
             name: "go".into(),
