@@ -333,6 +333,14 @@ pub fn render(app: &App, now_ms: i64) -> Vec<u8> {
         "scalewise_service_last_seen_timestamp_seconds",
         "Last point received from the service.",
     );
+    let mut limit = g(
+        "scalewise_limit",
+        "What limits the service, named: 1 for the current limit's kind (none when nothing stands out).",
+    );
+    let mut limit_busy = g(
+        "scalewise_limit_busy",
+        "Mean occupancy of the named limit (cores, threads, requests outstanding), where it has one.",
+    );
     let mut top_deps = std::collections::BTreeMap::default();
     for (view, _) in &summaries {
         let d = &view.diagnosis;
@@ -403,10 +411,20 @@ pub fn render(app: &App, now_ms: i64) -> Vec<u8> {
         push_gauge(&mut ceiling, &one, b.cpu + b.gc + b.cpu_wait);
         push_gauge(&mut instances, &one, view.instances as f64);
         push_gauge(&mut last_seen, &one, view.last_seen_unix);
+        // A bounded label: the kind, never the name (an endpoint or a thread is unbounded).
+        let kind = d.limit.as_ref().map_or("none", |l| l.kind.as_str());
+        push_gauge(&mut limit, &[("service_name", s), ("kind", kind)], 1.0);
+        if let Some(busy) = d.limit.as_ref().and_then(|l| l.busy) {
+            push_gauge(
+                &mut limit_busy,
+                &[("service_name", s), ("kind", kind)],
+                busy,
+            );
+        }
     }
     fams.extend([
         share, dep_share, verdict, confidence, used, capacity, rate, latency, in_flight, ceiling,
-        instances, last_seen,
+        instances, last_seen, limit, limit_busy,
     ]);
     instance_counters(&mut fams, &app.latest(), &top_deps);
     // The text format forbids empty families' headers without samples in some parsers.

@@ -315,6 +315,21 @@ fn families() -> Families {
         ] {
             f.gauge(name, l.clone(), move |_| value);
         }
+        let (limit, busy) = if svc == "orders" {
+            ("dependency", rps * latency * 0.8)
+        } else {
+            ("cpu_saturated", used)
+        };
+        f.gauge(
+            "scalewise_limit",
+            with(l.clone(), &[("kind", limit)]),
+            |_| 1.0,
+        );
+        f.gauge(
+            "scalewise_limit_busy",
+            with(l.clone(), &[("kind", limit)]),
+            move |_| busy,
+        );
         f.gauge("scalewise_service_last_seen_timestamp_seconds", l, |t| t);
     }
 
