@@ -399,7 +399,13 @@ impl SocketSampler {
                 }
             }
         }
-        self.count_others_accepted();
+        // Only read while inbound connections churn (the session's floor needs it then): on
+        // a busy host the other listeners' connections are most of the table.
+        if self.churn.on {
+            self.count_others_accepted();
+        } else {
+            self.others_conns = (HashSet::new(), 0);
+        }
         Ok(())
     }
 
