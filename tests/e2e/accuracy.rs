@@ -665,7 +665,7 @@ fn jdk_httpserver_worker_pool_cpu_bound() {
         &["--server", "pool", "--workers", "4", "--cpu-ms", "6"],
     )
     .expect("java");
-    run(Scenario {
+    let (d, _) = run(Scenario {
         name: "jdk-httpserver-pool-cpu",
         service: svc,
         concurrency: 6,
@@ -676,6 +676,13 @@ fn jdk_httpserver_worker_pool_cpu_bound() {
         load_flags: &[],
         client: true,
     });
+    // The evidence and the breakdown agree: requests unread behind a dispatcher that does
+    // almost none of the CPU wait for a free worker, however busy a CPU-starved worker is.
+    let evidence = d["evidence"].to_string();
+    assert!(
+        !evidence.contains("behind event-loop threads that do 0%"),
+        "{d:#}"
+    );
 }
 
 #[test]
