@@ -100,7 +100,7 @@ impl Session {
         Visit::Dump
     }
 
-    fn rebuild_owners(&mut self) {
+    pub(super) fn rebuild_owners(&mut self) {
         self.inode_owner.clear();
         for t in self.targets.iter().filter(|t| t.alive) {
             for (&fd, &inode) in &t.fds {
@@ -112,7 +112,7 @@ impl Session {
     /// Refreshes every live process and its fd table (every link read again when `reread`).
     /// Returns whether the inode -> owner map must be rebuilt (an fd table was listed or a
     /// process left).
-    fn refresh_targets(&mut self, periodic: bool, reread: bool) -> bool {
+    pub(super) fn refresh_targets(&mut self, periodic: bool, reread: bool) -> bool {
         let mut errors: Vec<(&'static str, &'static str)> = Vec::new();
         let mut fds_changed = false;
         for t in self.targets.iter_mut() {

@@ -55,6 +55,18 @@ impl Session {
         if !blocked_on.is_empty() {
             self.add_unix_waits(&mut sockets, &blocked_on, interval);
         }
+        // Connections to its dependencies that the service opened after its fd tables were
+        // listed and before the dump: listed again, they are counted in this round.
+        let result = result.map(|mut round| {
+            if sockets.has_pending() {
+                if self.refresh_targets(false, true) {
+                    self.rebuild_owners();
+                }
+                let owner = &self.inode_owner;
+                round.add_late(sockets.visit_late(&|i| i != 0 && owner.contains_key(&i)));
+            }
+            round
+        });
         match result {
             Ok(round) => self.add_round(&mut sockets, round, dt),
             Err(e) => {
