@@ -2,6 +2,7 @@
 //! dependency, new requests, and the lock-wait thread sample at its own pace.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Instant;
 
 use scalewise_core::{DependencyTime, RequestSource};
@@ -10,6 +11,7 @@ use super::jobs;
 use super::notes;
 use super::oracle::Oracle;
 use super::Session;
+use crate::deps::DependencyNames;
 use crate::peer::kind_of_local_server;
 use crate::sampler::sockets::{Round, SocketSampler, Visit};
 
@@ -151,8 +153,21 @@ impl Session {
             let is = match self.jobs.source(endpoint) {
                 Some(is) => is,
                 None => {
-                    let kind = self.resolve(sockets, endpoint).0;
-                    self.jobs.decide(endpoint, &kind)
+                    // Resolved once: a dependency's entry keeps what the peer lookup found.
+                    let key = endpoint.to_string();
+                    let (kind, name) = match self.budget.downstream.get(&key) {
+                        Some(d) => (d.kind.clone(), None),
+                        None => resolve(&self.names, &self.cfg.proc_root, sockets, endpoint),
+                    };
+                    let is = self.jobs.decide(endpoint, &kind);
+                    if !is {
+                        self.budget.downstream.entry(key).or_insert(DependencyTime {
+                            kind,
+                            name,
+                            awaiting_s: 0.0,
+                        });
+                    }
+                    is
                 }
             };
             if is {
@@ -178,20 +193,19 @@ impl Session {
             if worker && sources.contains(&endpoint) {
                 continue;
             }
-            if !self.budget.downstream.contains_key(&endpoint.to_string()) {
-                let (kind, name) = self.resolve(sockets, endpoint);
-                self.budget.downstream.insert(
-                    endpoint.to_string(),
+            let (names, proc_root) = (&self.names, self.cfg.proc_root.as_path());
+            self.budget
+                .downstream
+                .entry(endpoint.to_string())
+                .or_insert_with(|| {
+                    let (kind, name) = resolve(names, proc_root, sockets, endpoint);
                     DependencyTime {
                         kind,
                         name,
                         awaiting_s: 0.0,
-                    },
-                );
-            }
-            if let Some(d) = self.budget.downstream.get_mut(&endpoint.to_string()) {
-                d.awaiting_s += v * dt;
-            }
+                    }
+                })
+                .awaiting_s += v * dt;
         }
         if sockets.churns() {
             self.notes.add(notes::CHURN.to_string());
@@ -201,20 +215,6 @@ impl Session {
         }
         self.progress.inbound = round.inbound_conns;
         self.progress.outbound = round.outbound_conns;
-    }
-
-    /// A dependency's kind and user-given name: from `--dependency` and well-known ports, and
-    /// on this host from the process listening there (`peer`).
-    fn resolve(&self, sockets: &SocketSampler, endpoint: SocketAddr) -> (String, Option<String>) {
-        let (kind, name) = self.names.resolve(endpoint);
-        let kind = match kind.as_str() {
-            "unknown" if endpoint.ip().is_loopback() => sockets
-                .listener_on(endpoint.port())
-                .and_then(|inode| kind_of_local_server(&self.cfg.proc_root, inode))
-                .map_or(kind, str::to_string),
-            _ => kind,
-        };
-        (kind, name)
     }
 
     /// Time awaiting dependencies over unix-domain sockets: each thread blocked reading one
@@ -302,4 +302,23 @@ impl Accepted {
     pub(super) fn attributable(&self) -> bool {
         self.others <= 0.05 * self.all
     }
+}
+
+/// A dependency's kind and user-given name: from `--dependency` and well-known ports, and on
+/// this host from the process listening there (`peer`).
+fn resolve(
+    names: &DependencyNames,
+    proc_root: &Path,
+    sockets: &SocketSampler,
+    endpoint: SocketAddr,
+) -> (String, Option<String>) {
+    let (kind, name) = names.resolve(endpoint);
+    let kind = match kind.as_str() {
+        "unknown" if endpoint.ip().is_loopback() => sockets
+            .listener_on(endpoint.port())
+            .and_then(|inode| kind_of_local_server(proc_root, inode))
+            .map_or(kind, str::to_string),
+        _ => kind,
+    };
+    (kind, name)
 }
