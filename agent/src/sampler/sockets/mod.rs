@@ -517,7 +517,9 @@ impl SocketSampler {
         if !ours || (inbound && self.agent_addrs.contains(&s.remote)) {
             return;
         }
-        if !inbound && self.dependency_endpoints.len() < 4096 {
+        // New connections appear only in dumps: lookup rounds add no endpoint, so they skip
+        // the insert.
+        if !inbound && full && self.dependency_endpoints.len() < 4096 {
             self.dependency_endpoints.insert(s.remote);
         }
         if full && s.inode != 0 {
