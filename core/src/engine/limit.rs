@@ -86,31 +86,28 @@ pub(super) fn name(f: &Facts, verdict: Verdict) -> Option<Limit> {
                     ),
                 );
             }
-            if m.busiest >= f.t.hot_thread {
-                let thread = b.busiest_thread.clone().unwrap_or_else(|| "?".to_string());
-                return limit(
-                    "event_loop",
-                    format!("thread '{thread}'"),
-                    Some(1.0),
-                    Some(m.busiest),
-                    format!(
-                        "spread the work over more threads or processes (one loop per core, cluster mode), or make each request cheaper: one thread is busy {} of the time",
-                        pct(m.busiest)
-                    ),
-                );
-            }
-            if f.s.queued_is_cpu && s.cpu_wait >= MATERIAL {
-                let thread = b.busiest_thread.clone().unwrap_or_else(|| "?".to_string());
-                return limit(
-                    "event_loop",
-                    format!("the event loop (busiest thread '{thread}')"),
-                    Some(1.0),
-                    Some(m.busiest),
-                    format!(
-                        "spread the work over more loops or processes, or make each request cheaper: requests wait {} of their time unread behind the loop",
-                        pct(s.cpu_wait)
-                    ),
-                );
+            // One thread saturated, or requests unread behind a busy loop.
+            let hot = m.busiest >= f.t.hot_thread;
+            if hot || (f.s.queued_is_cpu && s.cpu_wait >= MATERIAL) {
+                let thread = b.busiest_thread.as_deref().unwrap_or("?");
+                let (name, action) = if hot {
+                    (
+                        format!("thread '{thread}'"),
+                        format!(
+                            "spread the work over more threads or processes (one loop per core, cluster mode), or make each request cheaper: one thread is busy {} of the time",
+                            pct(m.busiest)
+                        ),
+                    )
+                } else {
+                    (
+                        format!("the event loop (busiest thread '{thread}')"),
+                        format!(
+                            "spread the work over more loops or processes, or make each request cheaper: requests wait {} of their time unread behind the loop",
+                            pct(s.cpu_wait)
+                        ),
+                    )
+                };
+                return limit("event_loop", name, Some(1.0), Some(m.busiest), action);
             }
             let pressure = b.cpu_pressure_s / window;
             if s.cpu_wait >= MATERIAL && m.utilisation < 0.5 && pressure >= 0.2 {
