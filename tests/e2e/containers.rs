@@ -359,6 +359,30 @@ fn scrape(port: u16) -> String {
         .unwrap_or_default()
 }
 
+/// An agent in `pod` with only the capabilities `caps`, watching the service `orders` with no
+/// collector, its `/metrics` published on `metrics_port`; returned once it is ready.
+fn watching_agent(
+    podman: &mut Podman,
+    pod: &str,
+    caps: &[&'static str],
+    metrics_port: u16,
+) -> String {
+    let mut args = agent_security(caps);
+    args.extend([
+        "--pod",
+        pod,
+        AGENT,
+        "run",
+        "--service",
+        "orders",
+        "--metrics-listen",
+        "0.0.0.0:9464",
+    ]);
+    let agent = podman.run("agent", &args);
+    wait_status(metrics_port, "/readyz", 200, Duration::from_secs(20));
+    agent
+}
+
 /// The agent's options of deploy/kubernetes/sidecar-example.yaml: everything dropped but
 /// SYS_PTRACE and DAC_READ_SEARCH (`add`, from which SYS_PTRACE may be left out), no new
 /// privileges, read-only root.
@@ -518,19 +542,7 @@ fn sidecar_without_sys_ptrace_says_what_it_cannot_see() {
     let metrics_port = free_port();
     let pod = podman.pod("noptrace", &[(metrics_port, 9464)], &[]);
     podman.service(&pod, "orders", &[]);
-    let mut args = agent_security(&["DAC_READ_SEARCH"]);
-    args.extend([
-        "--pod",
-        &pod,
-        AGENT,
-        "run",
-        "--service",
-        "orders",
-        "--metrics-listen",
-        "0.0.0.0:9464",
-    ]);
-    let agent = podman.run("agent", &args);
-    wait_status(metrics_port, "/readyz", 200, Duration::from_secs(20));
+    let agent = watching_agent(&mut podman, &pod, &["DAC_READ_SEARCH"], metrics_port);
     let mut text = String::new();
     wait_until(
         Duration::from_secs(20),
@@ -572,19 +584,12 @@ fn sidecar_without_a_shared_pid_namespace_says_so() {
     let metrics_port = free_port();
     let pod = podman.pod_sharing("nopid", "net,ipc", &[(metrics_port, 9464)], &[]);
     podman.service(&pod, "orders", &[]);
-    let mut args = agent_security(&["SYS_PTRACE", "DAC_READ_SEARCH"]);
-    args.extend([
-        "--pod",
+    let agent = watching_agent(
+        &mut podman,
         &pod,
-        AGENT,
-        "run",
-        "--service",
-        "orders",
-        "--metrics-listen",
-        "0.0.0.0:9464",
-    ]);
-    let agent = podman.run("agent", &args);
-    wait_status(metrics_port, "/readyz", 200, Duration::from_secs(20));
+        &["SYS_PTRACE", "DAC_READ_SEARCH"],
+        metrics_port,
+    );
     let text = scrape(metrics_port);
     assert_eq!(
         value(&text, "scalewise_agent_services", &[]),

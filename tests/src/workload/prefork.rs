@@ -14,7 +14,8 @@ use super::http::read_request;
 use super::pg::PgConn;
 use super::{burn_cpu_ms, thread_cpu_s, thread_run_delay_s, Args, Truth};
 
-/// Nanosecond totals shared by every worker: requests, latency, cpu, cpu_wait, downstream.
+/// Totals shared by every worker: requests (a count), then nanoseconds of latency, cpu,
+/// cpu_wait and downstream.
 struct Shared([AtomicU64; 5]);
 
 impl Shared {
@@ -45,7 +46,8 @@ impl Shared {
     fn truth(&self, started: Instant) -> Truth {
         let s = |i: usize| self.0[i].load(Ordering::Relaxed) as f64 / 1e9;
         Truth {
-            requests: s(0) * 1e9,
+            // A count, not nanoseconds.
+            requests: self.0[0].load(Ordering::Relaxed) as f64,
             latency_s: s(1),
             cpu_s: s(2),
             cpu_wait_s: s(3),

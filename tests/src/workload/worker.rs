@@ -53,7 +53,7 @@ impl Redis {
         let n: i64 = rest.trim().parse().unwrap_or(0);
         match kind {
             ":" => Ok(Reply::Int(n)),
-            "+" => Ok(Reply::Nil),
+            "+" => Ok(Reply::Bulk(rest.trim_end().as_bytes().to_vec())),
             "-" => Err(bad(line.trim())),
             "$" if n < 0 => Ok(Reply::Nil),
             "$" => {
