@@ -90,9 +90,13 @@ pub fn text(d: &Diagnosis) -> String {
     if !d.dependencies.is_empty() {
         let _ = writeln!(out, "\n  dependencies");
         for dep in d.dependencies.iter().take(8) {
+            let pool = match (dep.connections, dep.busy) {
+                (Some(c), Some(b)) => format!("  {c:.1} connections, {b:.1} busy"),
+                _ => String::new(),
+            };
             let _ = writeln!(
                 out,
-                "    {:<24} {:<12} {:>4.0}%  {}",
+                "    {:<24} {:<12} {:>4.0}%  {}{pool}",
                 dep.endpoint,
                 dep.name.as_deref().unwrap_or(&dep.kind),
                 dep.share * 100.0,

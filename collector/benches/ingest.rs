@@ -35,6 +35,7 @@ fn budget(secs: f64, k: usize) -> Budget {
             kind: "postgresql".into(),
             name: None,
             awaiting_s: 3.0 * secs,
+            connection_s: 0.0,
         },
     );
     b

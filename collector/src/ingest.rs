@@ -147,6 +147,8 @@ pub enum Target {
     Fixed(usize),
     /// (endpoint, kind, user-given name)
     Dependency(String, String, Option<String>),
+    /// The connection-seconds of a dependency: (endpoint, kind, user-given name).
+    DependencyConnections(String, String, Option<String>),
 }
 
 /// One resource's data points, decoded: the instance's cumulative counters at one time.
@@ -221,6 +223,11 @@ fn target(metric: &str, scratch: &Budget, attrs: &[KeyValue]) -> Option<Target> 
             .iter()
             .next()
             .map(|(e, d)| Target::Dependency(e.clone(), d.kind.clone(), d.name.clone())),
+        wire::DEPENDENCY_CONNECTION_TIME => {
+            scratch.downstream.iter().next().map(|(e, d)| {
+                Target::DependencyConnections(e.clone(), d.kind.clone(), d.name.clone())
+            })
+        }
         _ => None,
     }
 }
@@ -410,6 +417,7 @@ mod tests {
                 kind: "postgresql".into(),
                 name: None,
                 awaiting_s: 2.5,
+                connection_s: 0.0,
             },
         );
         let res = otlp_request::resource_attrs("orders", "i-1", Some(42));

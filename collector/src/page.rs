@@ -275,18 +275,22 @@ pub fn service(v: &ServiceView, h: &History) -> String {
         h.step_s,
         history_svg(h)
     );
-    s.push_str("<h2>Dependencies</h2><table id=\"dependencies\"><thead><tr><th>endpoint</th><th>kind</th><th>share of request time</th></tr></thead><tbody>");
+    s.push_str("<h2>Dependencies</h2><table id=\"dependencies\"><thead><tr><th>endpoint</th><th>kind</th><th>share of request time</th><th>connections (busy)</th></tr></thead><tbody>");
     if d.dependencies.is_empty() {
-        s.push_str("<tr><td colspan=\"3\" class=\"muted\">none seen</td></tr>");
+        s.push_str("<tr><td colspan=\"4\" class=\"muted\">none seen</td></tr>");
     }
     for dep in &d.dependencies {
         let name = match &dep.name {
             Some(n) => format!("{} ({})", escape(n), escape(&dep.endpoint)),
             None => escape(&dep.endpoint),
         };
+        let pool = match (dep.connections, dep.busy) {
+            (Some(c), Some(b)) => format!("{c:.1} ({b:.1})"),
+            _ => "-".to_string(),
+        };
         let _ = write!(
             s,
-            "<tr><td>{name}</td><td>{}</td><td class=\"num\">{:.1}%</td></tr>",
+            "<tr><td>{name}</td><td>{}</td><td class=\"num\">{:.1}%</td><td class=\"num\">{pool}</td></tr>",
             escape(&dep.kind),
             dep.share * 100.0
         );

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ingest::{Received, Resource, Target};
 use crate::limits::Limits;
-use crate::window::{InstanceMeta, Snapshot, N_FIXED};
+use crate::window::{connections_key, endpoint_of, InstanceMeta, Snapshot, N_FIXED};
 
 /// Why (part of) a report was not kept. Each is a `limit` label of the overflow counter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -146,29 +146,29 @@ impl Memory {
         }
         let before = snap.clone();
         let mut dropped_deps = 0u64;
+        let (known, deps) = (
+            &mut service.dependencies,
+            &mut inst.meta.counters.dependencies,
+        );
+        let limit = limits.max_dependencies_per_service;
         for (target, value) in r.sets {
             let idx = match target {
                 Target::Fixed(i) => i,
                 Target::Dependency(endpoint, kind, name) => {
-                    match inst
-                        .meta
-                        .counters
-                        .dependencies
-                        .iter()
-                        .position(|d| d.0 == endpoint)
-                    {
-                        Some(i) => N_FIXED + i,
+                    let key = endpoint.clone();
+                    match dependency_slot(known, deps, limit, key, (endpoint, kind, name)) {
+                        Some(i) => i,
                         None => {
-                            if !service.dependencies.contains(&endpoint)
-                                && service.dependencies.len() >= limits.max_dependencies_per_service
-                            {
-                                dropped_deps += 1;
-                                continue;
-                            }
-                            service.dependencies.insert(endpoint.clone());
-                            inst.meta.counters.dependencies.push((endpoint, kind, name));
-                            N_FIXED + inst.meta.counters.dependencies.len() - 1
+                            dropped_deps += 1;
+                            continue;
                         }
+                    }
+                }
+                Target::DependencyConnections(endpoint, kind, name) => {
+                    let key = connections_key(&endpoint);
+                    match dependency_slot(known, deps, limit, key, (endpoint, kind, name)) {
+                        Some(i) => i,
+                        None => continue, // counted once, with its time series
                     }
                 }
             };
@@ -272,11 +272,33 @@ impl Memory {
         let svc = self.services.entry(service.to_string()).or_default();
         svc.last_seen_ms = svc.last_seen_ms.max(meta.last_seen_ms);
         for d in &meta.counters.dependencies {
-            svc.dependencies.insert(d.0.clone());
+            svc.dependencies.insert(endpoint_of(&d.0).to_string());
         }
         svc.instances
             .insert(instance.to_string(), Instance { meta, snaps });
     }
+}
+
+/// The slot of one dependency series of an instance (`key`: the endpoint, or its
+/// [`connections_key`]), added to the instance's list when new; `None` when the service already
+/// has as many dependency endpoints as the limit allows and `endpoint` is not one of them.
+/// `known` is the service's endpoints, `deps` the instance's series.
+fn dependency_slot(
+    known: &mut BTreeSet<String>,
+    deps: &mut Vec<(String, String, Option<String>)>,
+    limit: usize,
+    key: String,
+    (endpoint, kind, name): (String, String, Option<String>),
+) -> Option<usize> {
+    if let Some(i) = deps.iter().position(|d| d.0 == key) {
+        return Some(N_FIXED + i);
+    }
+    if !known.contains(&endpoint) && known.len() >= limit {
+        return None;
+    }
+    known.insert(endpoint);
+    deps.push((key, kind, name));
+    Some(N_FIXED + deps.len() - 1)
 }
 
 #[cfg(test)]

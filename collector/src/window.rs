@@ -50,6 +50,22 @@ impl Snapshot {
     }
 }
 
+/// A dependency's connection-seconds are a series of their own: an entry of
+/// [`InstanceMeta::dependencies`] keyed by the endpoint and this suffix (no endpoint, an address
+/// and port or a socket path, ends with it), stored at a slot by the same rule as every
+/// dependency's. Stores written before the series existed read unchanged.
+const CONNECTIONS_SUFFIX: &str = " #connections";
+
+/// The key of `endpoint`'s connection-seconds series.
+pub fn connections_key(endpoint: &str) -> String {
+    format!("{endpoint}{CONNECTIONS_SUFFIX}")
+}
+
+/// The endpoint a dependency series key is about.
+pub fn endpoint_of(key: &str) -> &str {
+    key.strip_suffix(CONNECTIONS_SUFFIX).unwrap_or(key)
+}
+
 /// What an instance's counters mean beyond their values: its dependencies (in slot order) and
 /// the latest names and notes it sent.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -130,17 +146,23 @@ pub fn to_budget(inc: &[f64], meta: &InstanceMeta) -> Budget {
     for c in &COUNTERS {
         (c.set)(&mut b, g(c.slot));
     }
-    for (i, (endpoint, kind, name)) in meta.dependencies.iter().enumerate() {
+    for (i, (key, kind, name)) in meta.dependencies.iter().enumerate() {
         let v = g(N_FIXED + i);
         if v > 0.0 {
-            b.downstream.insert(
-                endpoint.clone(),
-                DependencyTime {
+            let endpoint = endpoint_of(key);
+            let dep = b
+                .downstream
+                .entry(endpoint.to_string())
+                .or_insert_with(|| DependencyTime {
                     kind: kind.clone(),
                     name: name.clone(),
-                    awaiting_s: v,
-                },
-            );
+                    ..DependencyTime::default()
+                });
+            if endpoint.len() == key.len() {
+                dep.awaiting_s = v;
+            } else {
+                dep.connection_s = v;
+            }
         }
     }
     b

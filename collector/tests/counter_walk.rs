@@ -29,6 +29,7 @@ fn budget(scale: f64) -> Budget {
             kind: "postgresql".into(),
             name: Some("orders-db".into()),
             awaiting_s: scale * 7.0,
+            connection_s: 0.0,
         },
     );
     b

@@ -44,6 +44,11 @@ pub struct DependencyTime {
     pub name: Option<String>,
     /// Request-seconds awaiting a response from this endpoint.
     pub awaiting_s: f64,
+    /// Connection-seconds: the service's open connections to this endpoint x time, so that over
+    /// a window `connection_s / window_s` is the mean number open (a pool's size) and
+    /// `awaiting_s / connection_s` how busy they are. 0 where connections are not seen (spans,
+    /// unix sockets).
+    pub connection_s: f64,
 }
 
 /// Cumulative budget counters of one service.
@@ -146,8 +151,10 @@ impl Budget {
                     kind: dep.kind.clone(),
                     name: dep.name.clone(),
                     awaiting_s: 0.0,
+                    connection_s: 0.0,
                 });
             mine.awaiting_s += dep.awaiting_s;
+            mine.connection_s += dep.connection_s;
         }
         for note in &other.notes {
             if !self.notes.contains(note) {
@@ -181,14 +188,12 @@ impl Budget {
             (c.set)(&mut out, d((c.get)(self), (c.get)(earlier))?);
         }
         for (endpoint, dep) in &self.downstream {
-            let then = earlier
-                .downstream
-                .get(endpoint)
-                .map_or(0.0, |e| e.awaiting_s);
+            let then = earlier.downstream.get(endpoint);
             out.downstream.insert(
                 endpoint.clone(),
                 DependencyTime {
-                    awaiting_s: d(dep.awaiting_s, then)?,
+                    awaiting_s: d(dep.awaiting_s, then.map_or(0.0, |e| e.awaiting_s))?,
+                    connection_s: d(dep.connection_s, then.map_or(0.0, |e| e.connection_s))?,
                     ..dep.clone()
                 },
             );
@@ -218,6 +223,7 @@ mod tests {
                 kind: "postgresql".into(),
                 name: None,
                 awaiting_s: 30.0,
+                connection_s: 0.0,
             },
         );
         b

@@ -121,6 +121,7 @@ fn diagnosis() -> engine::Diagnosis {
             kind: "postgresql".into(),
             name: None,
             awaiting_s: 30.0,
+            connection_s: 0.0,
         },
     );
     engine::diagnose("orders", &[1], &b, &Thresholds::default())

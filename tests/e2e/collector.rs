@@ -447,6 +447,7 @@ fn hostile_input_is_refused_or_counted_and_changes_no_other_answer() {
                 kind: "http".into(),
                 name: None,
                 awaiting_s: 0.0001,
+                connection_s: 0.0,
             },
         );
     }

@@ -363,6 +363,7 @@ impl Profile {
                     kind: kind.to_string(),
                     name: None,
                     awaiting_s: per_s * secs,
+                    connection_s: 0.0,
                 },
             );
         }

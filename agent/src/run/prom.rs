@@ -316,6 +316,7 @@ mod tests {
                     kind: "postgresql".into(),
                     name: None,
                     awaiting_s: i as f64,
+                    connection_s: 0.0,
                 },
             );
         }

@@ -164,7 +164,7 @@ impl Session {
                         self.budget.downstream.entry(key).or_insert(DependencyTime {
                             kind,
                             name,
-                            awaiting_s: 0.0,
+                            ..DependencyTime::default()
                         });
                     }
                     is
@@ -172,6 +172,9 @@ impl Session {
             };
             if is {
                 sources.push(endpoint);
+            } else if let Some(d) = self.budget.downstream.get_mut(&endpoint.to_string()) {
+                let open = round.outbound_open.get(&endpoint).copied().unwrap_or(0);
+                d.connection_s += open as f64 * dt;
             }
         }
         let jobs = jobs::job_round(&sources, &round.outbound_by_endpoint, &round.awaiting);
@@ -202,7 +205,7 @@ impl Session {
                     DependencyTime {
                         kind,
                         name,
-                        awaiting_s: 0.0,
+                        ..DependencyTime::default()
                     }
                 })
                 .awaiting_s += v * dt;
@@ -233,8 +236,7 @@ impl Session {
                 .entry(endpoint)
                 .or_insert_with(|| DependencyTime {
                     kind: kind.to_string(),
-                    name: None,
-                    awaiting_s: 0.0,
+                    ..DependencyTime::default()
                 })
                 .awaiting_s += threads as f64 * interval;
         }

@@ -532,6 +532,7 @@ impl SpanAggregate {
                         kind: dep.kind.clone(),
                         name: dep.name.clone(),
                         awaiting_s: v,
+                        connection_s: 0.0,
                     },
                 );
             }

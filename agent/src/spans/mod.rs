@@ -253,6 +253,7 @@ mod tests {
                 kind: "postgresql".into(),
                 name: None,
                 awaiting_s: 1.0,
+                connection_s: 0.0,
             },
         );
         b
@@ -272,6 +273,7 @@ mod tests {
                 kind: "postgresql".into(),
                 name: None,
                 awaiting_s: requests * 0.002,
+                connection_s: 0.0,
             },
         );
         w

@@ -105,6 +105,11 @@ pub(super) fn details(f: &Facts, evidence: &mut Vec<String>) {
             pct(s.known / r - 1.0),
             pct(1.0 - s.down / r)
         ));
+    } else if s.unseen {
+        evidence.push(format!(
+            "no request was caught in flight on the service's connections, yet requests were served and its dependencies were awaited {:.2} request-seconds per second: requests in flight were not seen (several at once on one connection, as HTTP/2 and gRPC multiplex them, move both ways within every clock tick); request time is taken as the measured components, a lower bound, so mean latency is not given and the verdict rests on the shares alone (confidence at most 0.55); spans from the service would measure it exactly",
+            m.per_window(s.down)
+        ));
     } else if s.overflow {
         evidence.push(format!(
             "measured components exceed request time by {}: requests in flight were undercounted (several requests at once on one connection, as HTTP/2 and gRPC multiplex them) or requests work in parallel; mean latency is not given (it would be wrong), the shares are normalised and the verdict rests on them alone (confidence at most 0.55); spans from the service would measure it exactly",

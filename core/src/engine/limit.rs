@@ -6,8 +6,9 @@
 //! Named here from the budget alone: the CPU kinds (`cpu_quota`, `cpu_saturated`,
 //! `cpu_contended`), `event_loop`, `gc`, `send_queue`, `dependency`, `lock` and `worker_pool`
 //! (its occupancy; its size needs the threads, which the budget does not carry).
-//! `connection_pool` and `interpreter_lock` need per-connection and per-runtime figures the
-//! counters do not carry yet.
+//! `connection_pool` from each dependency's connection-seconds (the pool's size) beside its
+//! request-seconds on the wire (how busy it is). `interpreter_lock` needs per-runtime figures
+//! the counters do not carry yet.
 
 use super::{pct, Facts, Verdict};
 use serde::{Deserialize, Serialize};
@@ -32,9 +33,53 @@ pub struct Limit {
 
 /// A share of request time below this does not name a limit.
 const MATERIAL: f64 = 0.2;
+/// A pool whose connections have a request outstanding this share of the time or more is full:
+/// a request that needs one waits.
+const POOL_FULL: f64 = 0.9;
 
 fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0 + 0.0
+}
+
+/// A dependency whose connections are all busy while requests wait in-process with more of
+/// them in flight than there are connections: the requests queue for a connection (a client
+/// pool's cap: `MaxConnsPerHost`, `pg.Pool`'s `max`, HikariCP's `maximumPoolSize`), whatever the
+/// runtime shows of that wait (futexes, an event loop's callbacks, nothing at all).
+fn connection_pool(f: &Facts, in_flight: f64) -> Option<Limit> {
+    let (s, window) = (&f.s.breakdown, f.m.window);
+    if s.local_wait < MATERIAL {
+        return None;
+    }
+    let full =
+        f.b.downstream
+            .iter()
+            .filter(|(_, d)| d.connection_s > 0.0)
+            .map(|(e, d)| (e, d, d.connection_s / window, d.awaiting_s / window))
+            .filter(|&(_, _, size, busy)| size >= 0.5 && busy >= POOL_FULL * size)
+            .filter(|&(_, _, size, _)| in_flight > size + 0.5)
+            .max_by(|a, b| a.3.total_cmp(&b.3))?;
+    let (endpoint, d, size, busy) = full;
+    let name = match &d.name {
+        Some(n) => format!("{n} ({endpoint})"),
+        None => format!("{endpoint} ({})", d.kind),
+    };
+    // Without the wait, each request in flight spends its remaining time as now: the share on
+    // this dependency grows by 1 / (1 - local_wait), and so do the connections it holds, up to
+    // one per request in flight.
+    let want = (busy / (1.0 - s.local_wait).max(0.05))
+        .min(in_flight)
+        .ceil();
+    Some(Limit {
+        kind: "connection_pool".to_string(),
+        name,
+        size: Some(round2(size)),
+        busy: Some(round2(busy)),
+        action: format!(
+            "grow the pool: its {size:.0} connections have a request outstanding {} of the time while requests wait {} of their time in-process; without that wait the requests in flight would hold about {want:.0} at once at the dependency's present latency (watch that latency as the pool grows: more connections can slow it)",
+            pct((busy / size).min(1.0)),
+            pct(s.local_wait)
+        ),
+    })
 }
 
 /// The limit behind `verdict`, or `None` when nothing stands out.
@@ -171,6 +216,9 @@ pub(super) fn name(f: &Facts, verdict: Verdict) -> Option<Limit> {
                         pct(send_queue)
                     ),
                 );
+            }
+            if let Some(pool) = connection_pool(f, in_flight) {
+                return Some(pool);
             }
             let local_s = s.local_wait * r;
             let locked = b.blocked_lock_s.min(local_s);

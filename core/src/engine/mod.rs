@@ -68,6 +68,12 @@ pub struct DependencyShare {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     pub share: f64,
+    /// Mean connections open to it over the window (a pool's size), where they are seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<f64>,
+    /// Mean of them with a request outstanding on the wire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub busy: Option<f64>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -221,6 +227,13 @@ pub fn diagnose(service: &str, pids: &[u32], b: &Budget, t: &Thresholds) -> Diag
     if s.overflow {
         m.requests.mean_latency_ms = None;
     }
+    m.r = s.r;
+    if s.unseen {
+        // Dependencies were awaited for requests: the service did not wait on its clients.
+        if let Some(l) = m.load.as_mut() {
+            l.waiting_on_clients = false;
+        }
+    }
     let f = Facts { b, t, m, s };
     // The evidence reads in this order, and the order is part of the output (the goldens hold
     // it): what was measured, then why the verdict (the rules' sentences), then what lies behind
@@ -254,6 +267,8 @@ pub fn diagnose(service: &str, pids: &[u32], b: &Budget, t: &Thresholds) -> Diag
             .into_iter()
             .map(|d| DependencyShare {
                 share: rb(d.share),
+                connections: d.connections.map(|c| round(c, 2)),
+                busy: d.busy.map(|c| round(c, 2)),
                 ..d
             })
             .collect(),

@@ -22,6 +22,12 @@ pub(super) struct Shares {
     /// undercounted (several at once on one connection: HTTP/2, gRPC) or requests fan out in
     /// parallel; which, the data cannot tell, so R gives no latency and no confident verdict.
     pub(super) overflow: bool,
+    /// No request was caught in flight on the service's connections, yet requests were served
+    /// and dependencies awaited: R is taken as the measured components (a lower bound), and
+    /// [`Shares::overflow`] holds (the same not knowing, at its extreme).
+    pub(super) unseen: bool,
+    /// The request-seconds the shares are of: R, or the components when `unseen`.
+    pub(super) r: f64,
     /// Unrounded; the output rounds it.
     pub(super) breakdown: Breakdown,
     /// Largest share first; unrounded.
@@ -33,7 +39,6 @@ pub(super) struct Shares {
 const OVERFLOW: f64 = 1.5;
 
 pub(super) fn split(b: &Budget, t: &Thresholds, m: &Measures) -> Shares {
-    let r = m.r;
     // Requests waiting unread in socket buffers wait for whoever reads them. In a process whose
     // event-loop threads do most of its work (Node, Redis, nginx, Go, tokio), that is the loop
     // thread's CPU: the same kind of wait as run-queue delay, and counted with it (less the
@@ -57,6 +62,13 @@ pub(super) fn split(b: &Budget, t: &Thresholds, m: &Measures) -> Shares {
     let down = b.downstream_s();
     let sampled = b.cpu_s + b.gc_s + cpu_wait_s;
     let known = sampled + down;
+    // One connection carrying several requests at once (HTTP/2, gRPC) moves both ways within
+    // every clock tick: the sockets cannot tell how many requests it holds, and may read none.
+    // Requests served and dependencies awaited mean requests were in flight: the components are
+    // then all there is of request time, and what cannot be known is said (as for `overflow`).
+    let unseen =
+        m.r <= 0.0 && b.request_source == RequestSource::Sockets && b.requests > 0.0 && down > 0.0;
+    let r = if unseen { known } else { m.r };
     // Spans measure downstream time exactly (client spans inside server spans); what overflows R
     // then is the sampled side (an event loop's CPU for other requests overlaps this one's
     // waits), so only that is scaled, into what the spans leave. Otherwise everything is.
@@ -71,8 +83,8 @@ pub(super) fn split(b: &Budget, t: &Thresholds, m: &Measures) -> Shares {
         (1.0, 1.0)
     };
     // A few percent over is sampling noise; beyond that the model does not fit and is said so.
-    let normalised = r > 0.0 && known > r * 1.05;
-    let overflow = normalised && !spans_exact && known > r * OVERFLOW;
+    let normalised = unseen || (r > 0.0 && known > r * 1.05);
+    let overflow = unseen || (normalised && !spans_exact && known > r * OVERFLOW);
     let share = |x: f64| if r > 0.0 { x * scale / r } else { 0.0 };
     let down_share = |x: f64| if r > 0.0 { x * down_scale / r } else { 0.0 };
     let breakdown = Breakdown {
@@ -94,6 +106,10 @@ pub(super) fn split(b: &Budget, t: &Thresholds, m: &Measures) -> Shares {
             kind: d.kind.clone(),
             name: d.name.clone(),
             share: down_share(d.awaiting_s),
+            // Over the sampled window, only where the sockets saw the connections.
+            connections: (d.connection_s > 0.0 && b.window_s > 0.0)
+                .then(|| d.connection_s / b.window_s),
+            busy: (d.connection_s > 0.0 && b.window_s > 0.0).then(|| d.awaiting_s / b.window_s),
         })
         .collect();
     dependencies.sort_by(|a, b| b.share.total_cmp(&a.share));
@@ -104,6 +120,8 @@ pub(super) fn split(b: &Budget, t: &Thresholds, m: &Measures) -> Shares {
         spans_exact,
         normalised,
         overflow,
+        unseen,
+        r,
         breakdown,
         dependencies,
     }

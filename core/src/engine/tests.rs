@@ -23,6 +23,7 @@ fn the_postmortem_service_is_dependency_limited() {
             kind: "postgresql".into(),
             name: Some("orders-db".into()),
             awaiting_s: 30.0,
+            connection_s: 0.0,
         },
     );
     let d = diagnose("orders", &[1], &b, &Thresholds::default());
@@ -57,6 +58,7 @@ fn a_starved_neighbour_of_a_slow_dependency_is_still_dependency_limited() {
             kind: "postgresql".into(),
             name: None,
             awaiting_s: 28.0,
+            connection_s: 0.0,
         },
     );
     let d = diagnose("s", &[1], &b, &Thresholds::default());
@@ -106,6 +108,7 @@ fn with_spans_exact_downstream_time_is_not_scaled_down() {
             kind: "http".into(),
             name: None,
             awaiting_s: 36.0,
+            connection_s: 0.0,
         },
     );
     // 8 + 36 > 40: the sampled 8 share the 4 the spans leave.

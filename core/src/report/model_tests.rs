@@ -29,6 +29,8 @@ fn diag(
                 kind: "postgresql".into(),
                 name: None,
                 share: downstream,
+                connections: None,
+                busy: None,
             }]
         } else {
             vec![]

@@ -297,6 +297,7 @@ pub fn prometheus_name(metric: &str) -> Option<&'static str> {
     }
     Some(match metric {
         DEPENDENCY_TIME => "scalewise_dependency_time_seconds_total",
+        DEPENDENCY_CONNECTION_TIME => "scalewise_dependency_connection_seconds_total",
         MEMORY_RSS => "scalewise_memory_rss_bytes",
         NOTE => "scalewise_note",
         _ => return None,

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 
 use thiserror::Error;
 
-use crate::budget::{Budget, DependencyTime, RequestSource};
+use crate::budget::{Budget, RequestSource};
 
 pub mod counters;
 pub mod prom;
@@ -37,6 +37,10 @@ pub const COMPONENT_TIME: &str = "scalewise.request.component.time";
 /// [`ATTR_SERVER_PORT`], [`ATTR_DB_SYSTEM`] (the kind) and, when the user named it,
 /// [`ATTR_PEER_NAME`].
 pub const DEPENDENCY_TIME: &str = "scalewise.dependency.time";
+/// Connection-seconds to one downstream endpoint (`rate()` is the mean number of the service's
+/// connections open to it: a pool's size). Same attributes as [`DEPENDENCY_TIME`]; sent only
+/// where the connections are seen.
+pub const DEPENDENCY_CONNECTION_TIME: &str = "scalewise.dependency.connection.time";
 /// Part of [`REQUEST_TIME`] with the request's bytes unread in the service's socket.
 pub const QUEUED_TIME: &str = "scalewise.request.queued.time";
 /// Part of [`QUEUED_TIME`] in processes served by an event loop.
@@ -95,6 +99,7 @@ pub const METRICS: &[(&str, &str, bool)] = &[
     (REQUESTS, "{request}", true),
     (COMPONENT_TIME, "s", true),
     (DEPENDENCY_TIME, "s", true),
+    (DEPENDENCY_CONNECTION_TIME, "s", true),
     (QUEUED_TIME, "s", true),
     (LOOP_QUEUED_TIME, "s", true),
     (SEND_QUEUE_TIME, "s", true),
@@ -188,6 +193,13 @@ pub fn budget_points(b: &Budget) -> Vec<WirePoint> {
         if let Some(name) = &d.name {
             attrs.push((ATTR_PEER_NAME, name.clone()));
         }
+        if d.connection_s > 0.0 {
+            out.push(with(
+                DEPENDENCY_CONNECTION_TIME,
+                attrs.clone(),
+                d.connection_s,
+            ));
+        }
         out.push(with(DEPENDENCY_TIME, attrs, d.awaiting_s));
     }
     for note in b.notes.iter().take(MAX_NOTES) {
@@ -279,7 +291,7 @@ pub fn apply(
     }
     match metric {
         COMPONENT_TIME => {} // `downstream`: rebuilt from the per-dependency series
-        DEPENDENCY_TIME => {
+        DEPENDENCY_TIME | DEPENDENCY_CONNECTION_TIME => {
             let addr = need(ATTR_SERVER_ADDRESS)?;
             let port = attr(ATTR_SERVER_PORT).unwrap_or_default();
             if !port.is_empty() && port.parse::<u16>().is_err() {
@@ -288,16 +300,16 @@ pub fn apply(
                     attr: ATTR_SERVER_PORT,
                 });
             }
-            b.downstream.insert(
-                join_endpoint(&addr, &port),
-                DependencyTime {
-                    kind: attr(ATTR_DB_SYSTEM)
-                        .map(|k| bounded(&k))
-                        .unwrap_or_else(|| "unknown".to_string()),
-                    name: attr(ATTR_PEER_NAME).map(|n| bounded(&n)),
-                    awaiting_s: value,
-                },
-            );
+            let dep = b.downstream.entry(join_endpoint(&addr, &port)).or_default();
+            dep.kind = attr(ATTR_DB_SYSTEM)
+                .map(|k| bounded(&k))
+                .unwrap_or_else(|| "unknown".to_string());
+            dep.name = attr(ATTR_PEER_NAME).map(|n| bounded(&n));
+            if metric == DEPENDENCY_TIME {
+                dep.awaiting_s = value;
+            } else {
+                dep.connection_s = value;
+            }
         }
         MEMORY_RSS => {} // a gauge, not a budget counter; receivers keep it per instance
         NOTE => {
@@ -331,6 +343,7 @@ pub fn budget_from_points<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::budget::DependencyTime;
 
     fn sample() -> Budget {
         let mut b = Budget {
@@ -366,6 +379,7 @@ mod tests {
                 kind: "postgresql".into(),
                 name: Some("orders-db".into()),
                 awaiting_s: 30.0,
+                connection_s: 0.0,
             },
         );
         b.downstream.insert(
@@ -374,6 +388,7 @@ mod tests {
                 kind: "http".into(),
                 name: None,
                 awaiting_s: 1.5,
+                connection_s: 0.0,
             },
         );
         b

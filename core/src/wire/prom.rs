@@ -14,6 +14,9 @@ pub const OTHER: &str = "other";
 
 pub const DEPENDENCY_NAME: &str = "scalewise_dependency_time_seconds_total";
 const DEPENDENCY_HELP: &str = "Request-seconds awaiting one downstream endpoint.";
+pub const DEPENDENCY_CONNECTIONS_NAME: &str = "scalewise_dependency_connection_seconds_total";
+const DEPENDENCY_CONNECTIONS_HELP: &str =
+    "Connection-seconds to one downstream endpoint (rate: mean connections open, a pool's size).";
 const COMPONENT_NAME: &str = "scalewise_request_component_time_seconds_total";
 
 /// One series: its family's name, help and type, its own labels and its value.
@@ -62,7 +65,7 @@ pub fn budget_series(b: &Budget, keep: &dyn Fn(&str) -> bool) -> Vec<Series> {
         vec![("component", "downstream".to_string())],
         b.downstream_s(),
     ));
-    let mut per_label: BTreeMap<(String, String), f64> = BTreeMap::new();
+    let mut per_label: BTreeMap<(String, String), (f64, f64)> = BTreeMap::new();
     for (endpoint, d) in &b.downstream {
         let key = if keep(endpoint) {
             (
@@ -72,15 +75,21 @@ pub fn budget_series(b: &Budget, keep: &dyn Fn(&str) -> bool) -> Vec<Series> {
         } else {
             (OTHER.to_string(), OTHER.to_string())
         };
-        *per_label.entry(key).or_default() += d.awaiting_s;
+        let sums = per_label.entry(key).or_default();
+        sums.0 += d.awaiting_s;
+        sums.1 += d.connection_s;
     }
-    for ((dependency, kind), v) in per_label {
-        out.push(counter(
-            DEPENDENCY_NAME,
-            DEPENDENCY_HELP,
-            vec![("dependency", dependency), ("dependency_kind", kind)],
-            v,
-        ));
+    for ((dependency, kind), (awaiting, connections)) in per_label {
+        let labels = vec![("dependency", dependency), ("dependency_kind", kind)];
+        if connections > 0.0 {
+            out.push(counter(
+                DEPENDENCY_CONNECTIONS_NAME,
+                DEPENDENCY_CONNECTIONS_HELP,
+                labels.clone(),
+                connections,
+            ));
+        }
+        out.push(counter(DEPENDENCY_NAME, DEPENDENCY_HELP, labels, awaiting));
     }
     out
 }
@@ -111,6 +120,7 @@ mod tests {
                     kind: "postgresql".into(),
                     name: None,
                     awaiting_s: i as f64,
+                    connection_s: 0.0,
                 },
             );
         }

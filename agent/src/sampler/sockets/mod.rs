@@ -81,6 +81,9 @@ pub struct Round {
     /// the requests the service sent on them since the previous visit (data segments out). A
     /// worker's job source is read from these (`session::jobs`).
     pub outbound_by_endpoint: HashMap<SocketAddr, (usize, f64)>,
+    /// Per dependency endpoint: the service's connections to it visited this round, whatever
+    /// their state (a pool's size; sampled rounds at thousands of connections leave some out).
+    pub outbound_open: HashMap<SocketAddr, usize>,
     /// Whether this round walked the whole socket table.
     pub full_dump: bool,
 }
@@ -97,6 +100,9 @@ impl Round {
             let per = self.outbound_by_endpoint.entry(e).or_default();
             per.0 += n;
             per.1 += sent;
+        }
+        for (e, n) in late.outbound_open {
+            *self.outbound_open.entry(e).or_default() += n;
         }
     }
 }
@@ -743,6 +749,7 @@ impl Tally {
     ) {
         let out = &mut self.out;
         out.outbound_conns += 1;
+        *out.outbound_open.entry(endpoint).or_default() += 1;
         let per = out.outbound_by_endpoint.entry(endpoint).or_default();
         per.0 += usize::from(gap.is_none() && active);
         per.1 += sent;
