@@ -8,17 +8,21 @@
 // over wall time, and with --backend the requests' latency, CPU (the process's, from getrusage)
 // and time spent calling the backend. With --backend ADDR each request also calls
 // http://ADDR/sleep?ms=B with http.DefaultClient: its transport keeps at most two idle
-// connections per host, so under concurrency most calls open a new connection. It prints
-// "listening ADDR" when ready.
+// connections per host, so under concurrency most calls open a new connection; --max-conns N caps
+// the connections to the backend at N (MaxConnsPerHost), and calls queue in the client for one.
+// The time a call waits for a connection (httptrace: until GotConn, less any dial) is the truth's
+// pool_wait_s; the rest of the call is downstream_s. It prints "listening ADDR" when ready.
 package main
 
 import (
+	"context"
 	_ "expvar"
 	"flag"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"runtime"
 	"runtime/debug"
 	"sync/atomic"
@@ -27,7 +31,7 @@ import (
 )
 
 // Cumulative truth, in nanoseconds.
-var requests, latencyNs, downstreamNs atomic.Int64
+var requests, latencyNs, downstreamNs, poolNs atomic.Int64
 
 func processCPU() time.Duration {
 	var ru syscall.Rusage
@@ -42,7 +46,12 @@ func main() {
 	cpuMs := flag.Float64("cpu-ms", 1, "CPU per request, ms")
 	backend := flag.String("backend", "", "HTTP backend to call per request, HOST:PORT")
 	backendMs := flag.Float64("backend-ms", 10, "the backend's delay per call, ms")
+	maxConns := flag.Int("max-conns", 0, "cap on connections to the backend (MaxConnsPerHost); 0: the default client")
 	flag.Parse()
+	client := http.DefaultClient
+	if *maxConns > 0 {
+		client = &http.Client{Transport: &http.Transport{MaxConnsPerHost: *maxConns, MaxIdleConnsPerHost: *maxConns}}
+	}
 	startCPU := processCPU()
 	start := time.Now()
 	var startPause time.Duration
@@ -73,12 +82,31 @@ func main() {
 		}
 		if *backend != "" {
 			c0 := time.Now()
-			resp, err := http.Get(fmt.Sprintf("http://%s/sleep?ms=%g", *backend, *backendMs))
+			var got time.Time
+			var dial time.Duration
+			var dialStart time.Time
+			trace := &httptrace.ClientTrace{
+				ConnectStart: func(string, string) { dialStart = time.Now() },
+				ConnectDone:  func(string, string, error) { dial += time.Since(dialStart) },
+				GotConn:      func(httptrace.GotConnInfo) { got = time.Now() },
+			}
+			ctx := httptrace.WithClientTrace(context.Background(), trace)
+			url := fmt.Sprintf("http://%s/sleep?ms=%g", *backend, *backendMs)
+			req, _ := http.NewRequestWithContext(ctx, "GET", url, nil)
+			resp, err := client.Do(req)
 			if err == nil {
 				io.Copy(io.Discard, resp.Body)
 				resp.Body.Close()
 			}
-			downstreamNs.Add(int64(time.Since(c0)))
+			wait := time.Duration(0)
+			if !got.IsZero() {
+				wait = got.Sub(c0) - dial
+				if wait < 0 {
+					wait = 0
+				}
+			}
+			poolNs.Add(int64(wait))
+			downstreamNs.Add(int64(time.Since(c0) - wait))
 		}
 		fmt.Fprintf(w, "{\"ok\":%d}", x&1)
 	})
@@ -100,9 +128,9 @@ func main() {
 		var s debug.GCStats
 		debug.ReadGCStats(&s)
 		fmt.Fprintf(w, "{\"requests\":%d,\"latency_s\":%g,\"cpu_s\":%g,\"cpu_wait_s\":0,\"downstream_s\":%g,"+
-			"\"lock_wait_s\":0,\"pool_wait_s\":0,\"worker_wait_s\":0,\"gc_s\":%g,\"wall_s\":%g}",
+			"\"lock_wait_s\":0,\"pool_wait_s\":%g,\"worker_wait_s\":0,\"gc_s\":%g,\"wall_s\":%g}",
 			requests.Load(), time.Duration(latencyNs.Load()).Seconds(), (processCPU() - startCPU).Seconds(),
-			time.Duration(downstreamNs.Load()).Seconds(),
+			time.Duration(downstreamNs.Load()).Seconds(), time.Duration(poolNs.Load()).Seconds(),
 			(s.PauseTotal - startPause).Seconds(), time.Since(start).Seconds())
 	})
 	l, err := net.Listen("tcp", "127.0.0.1:0")
