@@ -13,6 +13,8 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
+use crate::sampler::sockets::Outbound;
+
 /// The worker view of one round: job-seconds, jobs fetched, and which endpoints were job sources.
 #[derive(Default)]
 pub(super) struct JobRound {
@@ -63,15 +65,21 @@ impl Jobs {
 }
 
 /// Jobs in flight and fetched on the job sources of one round: `by_endpoint` is each endpoint's
-/// (connections decided at this instant, requests sent), `awaiting` its requests outstanding.
+/// connections (those decided at this instant, requests sent), `awaiting` its requests
+/// outstanding.
 pub(super) fn job_round(
     sources: &[SocketAddr],
-    by_endpoint: &HashMap<SocketAddr, (usize, f64)>,
+    by_endpoint: &HashMap<SocketAddr, Outbound>,
     awaiting: &[(SocketAddr, f64)],
 ) -> JobRound {
     let mut r = JobRound::default();
     for ep in sources {
-        let Some(&(conns, sent)) = by_endpoint.get(ep) else {
+        let Some(&Outbound {
+            active: conns,
+            sent,
+            ..
+        }) = by_endpoint.get(ep)
+        else {
             continue;
         };
         let waiting: f64 = awaiting
@@ -93,7 +101,12 @@ mod tests {
     fn quiet_fetch_connections_are_jobs_running() {
         let q: SocketAddr = "127.0.0.1:6379".parse().expect("addr");
         let db: SocketAddr = "127.0.0.1:5432".parse().expect("addr");
-        let by = HashMap::from([(q, (4, 30.0)), (db, (4, 28.0))]);
+        let conns = |active, sent| Outbound {
+            open: active,
+            active,
+            sent,
+        };
+        let by = HashMap::from([(q, conns(4, 30.0)), (db, conns(4, 28.0))]);
         // One worker waits for its next job; three run one (and wait on the database).
         let r = job_round(&[q], &by, &[(q, 1.0), (db, 3.0)]);
         assert_eq!(r.in_flight, 3.0);

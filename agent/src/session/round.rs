@@ -149,7 +149,7 @@ impl Session {
         self.budget.send_queue_s += round.send_queue * dt;
         // A worker's job sources: their quiet connections are jobs running (`session::jobs`).
         let mut sources = Vec::new();
-        for &endpoint in round.outbound_by_endpoint.keys() {
+        for (&endpoint, outbound) in &round.outbound_by_endpoint {
             let is = match self.jobs.source(endpoint) {
                 Some(is) => is,
                 None => {
@@ -173,8 +173,7 @@ impl Session {
             if is {
                 sources.push(endpoint);
             } else if let Some(d) = self.budget.downstream.get_mut(&endpoint.to_string()) {
-                let open = round.outbound_open.get(&endpoint).copied().unwrap_or(0);
-                d.connection_s += open as f64 * dt;
+                d.connection_s += outbound.open as f64 * dt;
             }
         }
         let jobs = jobs::job_round(&sources, &round.outbound_by_endpoint, &round.awaiting);

@@ -10,7 +10,7 @@
 //! request-seconds on the wire (how busy it is). `interpreter_lock` needs per-runtime figures
 //! the counters do not carry yet.
 
-use super::{pct, Facts, Verdict};
+use super::{pct, DependencyShare, Facts, Verdict};
 use serde::{Deserialize, Serialize};
 
 /// What limits the service, and what to change (the diagnose contract's `limit`).
@@ -41,28 +41,30 @@ fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0 + 0.0
 }
 
+/// A dependency as a limit names it: the user's name and the endpoint, or the endpoint and kind.
+fn dependency_name(d: &DependencyShare) -> String {
+    match &d.name {
+        Some(n) => format!("{n} ({})", d.endpoint),
+        None => format!("{} ({})", d.endpoint, d.kind),
+    }
+}
+
 /// A dependency whose connections are all busy while requests wait in-process with more of
 /// them in flight than there are connections: the requests queue for a connection (a client
 /// pool's cap: `MaxConnsPerHost`, `pg.Pool`'s `max`, HikariCP's `maximumPoolSize`), whatever the
 /// runtime shows of that wait (futexes, an event loop's callbacks, nothing at all).
 fn connection_pool(f: &Facts, in_flight: f64) -> Option<Limit> {
-    let (s, window) = (&f.s.breakdown, f.m.window);
+    let s = &f.s.breakdown;
     if s.local_wait < MATERIAL {
         return None;
     }
-    let full =
-        f.b.downstream
+    let (dep, size, busy) =
+        f.s.dependencies
             .iter()
-            .filter(|(_, d)| d.connection_s > 0.0)
-            .map(|(e, d)| (e, d, d.connection_s / window, d.awaiting_s / window))
-            .filter(|&(_, _, size, busy)| size >= 0.5 && busy >= POOL_FULL * size)
-            .filter(|&(_, _, size, _)| in_flight > size + 0.5)
-            .max_by(|a, b| a.3.total_cmp(&b.3))?;
-    let (endpoint, d, size, busy) = full;
-    let name = match &d.name {
-        Some(n) => format!("{n} ({endpoint})"),
-        None => format!("{endpoint} ({})", d.kind),
-    };
+            .filter_map(|d| Some((d, d.connections?, d.busy?)))
+            .filter(|&(_, size, busy)| size >= 0.5 && busy >= POOL_FULL * size)
+            .filter(|&(_, size, _)| in_flight > size + 0.5)
+            .max_by(|a, b| a.2.total_cmp(&b.2))?;
     // Without the wait, each request in flight spends its remaining time as now: the share on
     // this dependency grows by 1 / (1 - local_wait), and so do the connections it holds, up to
     // one per request in flight.
@@ -71,7 +73,7 @@ fn connection_pool(f: &Facts, in_flight: f64) -> Option<Limit> {
         .ceil();
     Some(Limit {
         kind: "connection_pool".to_string(),
-        name,
+        name: dependency_name(dep),
         size: Some(round2(size)),
         busy: Some(round2(busy)),
         action: format!(
@@ -187,13 +189,9 @@ pub(super) fn name(f: &Facts, verdict: Verdict) -> Option<Limit> {
             if top.share < MATERIAL {
                 return None;
             }
-            let name = match &top.name {
-                Some(n) => format!("{n} ({})", top.endpoint),
-                None => format!("{} ({})", top.endpoint, top.kind),
-            };
             limit(
                 "dependency",
-                name,
+                dependency_name(top),
                 None,
                 Some(top.share * in_flight),
                 format!(

@@ -101,15 +101,17 @@ pub(super) fn split(b: &Budget, t: &Thresholds, m: &Measures) -> Shares {
     let mut dependencies: Vec<DependencyShare> = b
         .downstream
         .iter()
-        .map(|(endpoint, d)| DependencyShare {
-            endpoint: endpoint.clone(),
-            kind: d.kind.clone(),
-            name: d.name.clone(),
-            share: down_share(d.awaiting_s),
+        .map(|(endpoint, d)| {
             // Over the sampled window, only where the sockets saw the connections.
-            connections: (d.connection_s > 0.0 && b.window_s > 0.0)
-                .then(|| d.connection_s / b.window_s),
-            busy: (d.connection_s > 0.0 && b.window_s > 0.0).then(|| d.awaiting_s / b.window_s),
+            let seen = d.connection_s > 0.0 && m.window > 0.0;
+            DependencyShare {
+                endpoint: endpoint.clone(),
+                kind: d.kind.clone(),
+                name: d.name.clone(),
+                share: down_share(d.awaiting_s),
+                connections: seen.then(|| d.connection_s / m.window),
+                busy: seen.then(|| d.awaiting_s / m.window),
+            }
         })
         .collect();
     dependencies.sort_by(|a, b| b.share.total_cmp(&a.share));

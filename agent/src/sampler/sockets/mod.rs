@@ -76,16 +76,24 @@ pub struct Round {
     pub gap_awaiting: HashMap<SocketAddr, f64>,
     pub inbound_conns: usize,
     pub outbound_conns: usize,
-    /// Per dependency endpoint: its connections decided at this instant (not over a gap) that
-    /// have sent something since first seen (spare connections are left out), and
-    /// the requests the service sent on them since the previous visit (data segments out). A
-    /// worker's job source is read from these (`session::jobs`).
-    pub outbound_by_endpoint: HashMap<SocketAddr, (usize, f64)>,
-    /// Per dependency endpoint: the service's connections to it visited this round, whatever
-    /// their state (a pool's size; sampled rounds at thousands of connections leave some out).
-    pub outbound_open: HashMap<SocketAddr, usize>,
+    /// Per dependency endpoint: its connections this round ([`Outbound`]).
+    pub outbound_by_endpoint: HashMap<SocketAddr, Outbound>,
     /// Whether this round walked the whole socket table.
     pub full_dump: bool,
+}
+
+/// One dependency endpoint's connections in one round.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Outbound {
+    /// Connections visited, whatever their state (a pool's size; sampled rounds at thousands of
+    /// connections leave some out).
+    pub open: usize,
+    /// Connections decided at this instant (not over a gap) that have sent something since first
+    /// seen (spare connections are left out). A worker's job source is read from these
+    /// (`session::jobs`).
+    pub active: usize,
+    /// Requests the service sent on them since the previous visit (data segments out).
+    pub sent: f64,
 }
 
 impl Round {
@@ -96,13 +104,11 @@ impl Round {
         self.samples += late.samples;
         self.unresolved += late.unresolved;
         self.outbound_conns += late.outbound_conns;
-        for (e, (n, sent)) in late.outbound_by_endpoint {
+        for (e, o) in late.outbound_by_endpoint {
             let per = self.outbound_by_endpoint.entry(e).or_default();
-            per.0 += n;
-            per.1 += sent;
-        }
-        for (e, n) in late.outbound_open {
-            *self.outbound_open.entry(e).or_default() += n;
+            per.open += o.open;
+            per.active += o.active;
+            per.sent += o.sent;
         }
     }
 }
@@ -749,10 +755,10 @@ impl Tally {
     ) {
         let out = &mut self.out;
         out.outbound_conns += 1;
-        *out.outbound_open.entry(endpoint).or_default() += 1;
         let per = out.outbound_by_endpoint.entry(endpoint).or_default();
-        per.0 += usize::from(gap.is_none() && active);
-        per.1 += sent;
+        per.open += 1;
+        per.active += usize::from(gap.is_none() && active);
+        per.sent += sent;
         if let Some(busy_s) = gap {
             *out.gap_awaiting.entry(endpoint).or_default() += busy_s;
         } else if d.resolved() {
