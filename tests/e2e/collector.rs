@@ -104,6 +104,15 @@ fn windows_over_real_http_match_the_engine() {
     assert_eq!(orders["pids"], serde_json::json!([101, 102]));
     assert_eq!(orders["dependencies"][0]["endpoint"], "127.0.0.1:5432");
     assert_eq!(orders["dependencies"][0]["kind"], "postgresql");
+    // Each instance's pool (connection-seconds, a series of their own in the store) arrives whole:
+    // the service's connections and busy ones are the engine's on the same budget.
+    let engine = diagnose("orders", &[], &want, &Thresholds::default());
+    for k in ["connections", "busy"] {
+        let got = orders["dependencies"][0][k].as_f64();
+        assert!(got.is_some_and(|v| v > 0.0), "{k}: {orders:#}");
+        let want = serde_json::to_value(&engine.dependencies[0]).expect("json")[k].as_f64();
+        assert_eq!(got, want, "{k}: {orders:#}");
+    }
     assert!(orders["window_start_unix"].as_f64() < orders["window_end_unix"].as_f64());
     let render = c
         .json("/api/v1/services/render?window=300")

@@ -363,7 +363,8 @@ impl Profile {
                     kind: kind.to_string(),
                     name: None,
                     awaiting_s: per_s * secs,
-                    connection_s: 0.0,
+                    // A pool one connection larger than its mean busy ones (3 busy: 4 open).
+                    connection_s: (per_s + 1.0).ceil() * secs,
                 },
             );
         }
